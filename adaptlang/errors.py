@@ -1,0 +1,212 @@
+"""Diagnostics as values: source spans, rendered errors and the one exception family.
+
+Every error a user can cause (a spec, a model, a bundle, CLI arguments) is an
+:class:`AdaptError` carrying one or more :class:`Diagnostic` values. A
+diagnostic knows where it points (a :class:`Span`, or the name of the object at
+fault) and renders itself as::
+
+    specs/x.adapt:4:5: error: unknown property 'rnak' for lora
+        rnak 8
+        ^^^^
+      help: did you mean 'rank'?
+
+This module imports nothing from the rest of the package (it is the bottom
+layer), so every other layer may raise these errors.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+__all__ = [
+    "AdaptError",
+    "BindError",
+    "BundleError",
+    "Diagnostic",
+    "RuntimeApplyError",
+    "Span",
+    "SpecError",
+    "UsageError",
+    "suggest",
+]
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """A region of a source file; lines and columns are 1-based, end exclusive.
+
+    Attributes:
+        file: Path of the source as the user gave it, or ``"<string>"``.
+        line: First line.
+        col: First column.
+        end_line: Last line.
+        end_col: Column just past the region on ``end_line``.
+    """
+
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    def to_tuple(self) -> tuple[str, int, int, int, int]:
+        """Returns the span as a plain tuple (for JSON)."""
+        return (self.file, self.line, self.col, self.end_line, self.end_col)
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem, as a value.
+
+    Attributes:
+        message: What is wrong, in one line.
+        span: Where in a source file, when the problem has a source location.
+        obj: The object at fault when there is no source location (a module
+            path, a bundle file, a CLI option).
+        hint: A suggestion (``did you mean 'rank'?``) or how to fix it.
+        notes: Extra lines (nearest real paths, available roles, ...).
+        severity: ``"error"`` or ``"warning"``.
+        source_line: The text of the line ``span`` points at, when known.
+    """
+
+    message: str
+    span: Span | None = None
+    obj: str | None = None
+    hint: str | None = None
+    notes: tuple[str, ...] = ()
+    severity: str = "error"
+    source_line: str | None = None
+
+    def render(self) -> str:
+        """Renders the diagnostic as ``file:line:col: error: ...`` with a caret."""
+        if self.span is not None:
+            where = f"{self.span.file}:{self.span.line}:{self.span.col}: "
+        elif self.obj is not None:
+            where = f"{self.obj}: "
+        else:
+            where = ""
+        lines = [f"{where}{self.severity}: {self.message}"]
+        if self.span is not None and self.source_line is not None:
+            text = self.source_line.rstrip("\n").expandtabs(1)
+            lines.append(f"    {text}")
+            start = max(self.span.col - 1, 0)
+            if self.span.end_line == self.span.line:
+                width = max(self.span.end_col - self.span.col, 1)
+            else:
+                width = max(len(text) - start, 1)
+            lines.append("    " + " " * start + "^" * width)
+        if self.hint:
+            lines.append(f"  help: {self.hint}")
+        lines.extend(f"  note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+    def with_source(self, text: str) -> "Diagnostic":
+        """Returns a copy that carries the line of ``text`` its span points at."""
+        if self.span is None or self.source_line is not None:
+            return self
+        src_lines = text.splitlines()
+        if 1 <= self.span.line <= len(src_lines):
+            return _replace(self, source_line=src_lines[self.span.line - 1])
+        return self
+
+
+def _replace(diag: Diagnostic, **changes: object) -> Diagnostic:
+    from dataclasses import replace
+
+    return replace(diag, **changes)
+
+
+class AdaptError(Exception):
+    """The one exception family of adaptlang; carries diagnostics as values.
+
+    Args:
+        diagnostics: One diagnostic, a message string, or several diagnostics.
+    """
+
+    exit_code = 1
+
+    def __init__(self, diagnostics: Diagnostic | str | Sequence[Diagnostic], **kwargs: object):
+        if isinstance(diagnostics, str):
+            diagnostics = [Diagnostic(diagnostics, **kwargs)]  # type: ignore[arg-type]
+        elif isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.diagnostics: list[Diagnostic] = list(diagnostics)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        """Renders every diagnostic, separated by blank lines."""
+        return "\n\n".join(d.render() for d in self.diagnostics)
+
+    def with_source(self, text: str, file: str | None = None) -> "AdaptError":
+        """Attaches source lines to diagnostics whose span is in ``file``."""
+        diags = [
+            d.with_source(text) if d.span is not None and (file is None or d.span.file == file) else d
+            for d in self.diagnostics
+        ]
+        return type(self)(diags)
+
+
+class SpecError(AdaptError):
+    """A problem in a ``.adapt`` spec: syntax or meaning."""
+
+
+class BindError(AdaptError):
+    """A spec that does not fit the model it is compiled against."""
+
+
+class RuntimeApplyError(AdaptError):
+    """Patching, switching or removing deltas on a real model failed."""
+
+
+class BundleError(AdaptError):
+    """A bundle that cannot be written, read or loaded onto this model."""
+
+
+class UsageError(AdaptError):
+    """Bad arguments to the CLI or the Python API (exit code 2)."""
+
+    exit_code = 2
+
+
+@dataclass
+class DiagnosticSink:
+    """Collects diagnostics so one pass can report every problem it finds."""
+
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    def add(self, diag: Diagnostic) -> None:
+        """Records one diagnostic."""
+        self.diagnostics.append(diag)
+
+    def error(self, message: str, span: Span | None = None, **kwargs: object) -> None:
+        """Records an error diagnostic."""
+        self.diagnostics.append(Diagnostic(message, span=span, **kwargs))  # type: ignore[arg-type]
+
+    def raise_if_any(self, exc_type: type[AdaptError] = SpecError) -> None:
+        """Raises ``exc_type`` carrying every recorded error, if there is any."""
+        errors = [d for d in self.diagnostics if d.severity == "error"]
+        if errors:
+            raise exc_type(errors)
+
+
+def suggest(word: str, candidates: Iterable[str], n: int = 1, cutoff: float = 0.6) -> list[str]:
+    """Returns the candidates closest to ``word`` (for "did you mean" hints).
+
+    Args:
+        word: What the user wrote.
+        candidates: The valid names.
+        n: How many suggestions at most.
+        cutoff: Similarity threshold in [0, 1] (difflib ratio).
+
+    Returns:
+        The best matches, best first; empty when nothing is close.
+    """
+    return difflib.get_close_matches(word, sorted(set(candidates)), n=n, cutoff=cutoff)
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """Returns ``"did you mean 'x'?"`` for the closest candidate, or None."""
+    best = suggest(word, candidates)
+    return f"did you mean '{best[0]}'?" if best else None

@@ -1,0 +1,1 @@
+"""The .adapt grammar, shipped as package data (adapt.lark)."""
