@@ -1,0 +1,239 @@
+"""``adaptc compile`` and ``adaptc check``.
+
+``compile`` binds a spec to a model and shows the plan: a readable summary
+(default), the plan JSON exactly as :meth:`Plan.to_json` writes it, or a DOT
+graph. ``check`` parses and checks a spec without a model (torch is never
+imported then), and binds it too when ``--model`` is given.
+
+``compile --out DIR`` is a hook for the bundles extension: a handler set with
+:func:`set_out_handler` (from ``adaptlang.cli.bundle_cmds.register``) receives
+a :class:`CompileOutput` after the plan is built.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+
+from adaptlang.errors import Diagnostic, UsageError
+
+__all__ = [
+    "CompileOutput",
+    "OutputFormat",
+    "check_command",
+    "compile_command",
+    "parse_overrides",
+    "register",
+    "require_file",
+    "set_out_handler",
+]
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_INT = re.compile(r"[+-]?\d+\Z")
+
+
+class OutputFormat(str, Enum):
+    """What ``adaptc compile`` prints."""
+
+    table = "table"
+    json = "json"
+    dot = "dot"
+
+
+@dataclass
+class CompileOutput:
+    """What a ``compile --out DIR`` handler receives.
+
+    Attributes:
+        plan: The compiled :class:`~adaptlang.plan.plan.Plan`.
+        spec_path: The spec file as the user named it.
+        model: The ``--model`` value, or None when the spec's default was used.
+        overrides: The ``--set`` constants.
+        out_dir: The ``--out`` folder (not created yet).
+    """
+
+    plan: Any
+    spec_path: Path
+    model: Optional[str]
+    overrides: dict[str, float] = field(default_factory=dict)
+    out_dir: Path = Path(".")
+
+
+OutHandler = Callable[[CompileOutput], None]
+_out_handler: Optional[OutHandler] = None
+
+
+def set_out_handler(handler: Optional[OutHandler]) -> None:
+    """Installs (or, with None, removes) the handler behind ``compile --out DIR``.
+
+    Args:
+        handler: Called once per ``compile --out`` run, after the plan is built.
+    """
+    global _out_handler
+    _out_handler = handler
+
+
+def require_file(path: Path) -> Path:
+    """Returns ``path`` if it is a readable file; raises a usage error otherwise."""
+    if not path.exists():
+        raise UsageError(Diagnostic("no such file", obj=str(path), hint="check the spec path"))
+    if not path.is_file():
+        raise UsageError(Diagnostic("not a file", obj=str(path)))
+    return path
+
+
+def parse_overrides(items: Optional[List[str]]) -> dict[str, float]:
+    """Parses ``--set NAME=VALUE`` items into ``let`` overrides.
+
+    Args:
+        items: The raw option values, in command-line order (a later one wins).
+
+    Returns:
+        Name to number; integers stay ``int``.
+
+    Raises:
+        UsageError: For an item that is not ``NAME=NUMBER``.
+    """
+    overrides: dict[str, float] = {}
+    for item in items or []:
+        name, sep, raw = item.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or not _NAME.match(name):
+            raise UsageError(
+                Diagnostic(f"invalid --set {item!r}: expected NAME=VALUE", obj="--set",
+                           hint="for example: --set r=16")
+            )
+        overrides[name] = parse_number(raw, item)
+    return overrides
+
+
+def parse_number(raw: str, item: str) -> float:
+    """Parses the value of a ``--set`` item as an int or a finite float."""
+    if _INT.match(raw):
+        return int(raw)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise UsageError(
+            Diagnostic(f"invalid --set {item!r}: {raw!r} is not a number", obj="--set",
+                       hint="let constants are numbers, e.g. --set r=16 or --set p=0.05")
+        )
+    return value
+
+
+def build_plan(spec: Path, model: Optional[str], overrides: dict[str, float]) -> Any:
+    """Compiles ``spec`` against ``model`` (torch is imported here, not before)."""
+    from adaptlang.plan.compiler import compile_plan
+
+    if overrides:
+        return compile_plan(spec, model, overrides=overrides)
+    return compile_plan(spec, model)
+
+
+def render_table(plan: Any, width: Optional[int] = None) -> str | None:
+    """Prints (width None) or returns (as plain text) the plan summary tables."""
+    from adaptlang.cli.output import stdout_console
+    from adaptlang.cli.summary import summary_renderables
+
+    parts = summary_renderables(plan.to_dict())
+    if width is None:
+        console = stdout_console()
+        for part in parts:
+            console.print(part)
+        return None
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, highlight=False,
+                      markup=False, emoji=False)
+    for part in parts:
+        console.print(part)
+    return buffer.getvalue()
+
+
+def compile_command(
+    spec: Path = typer.Argument(..., help="The .adapt spec to compile.", show_default=False),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m",
+        help="Model preset, Hugging Face directory or pkg.module:factory; overrides the spec's model.",
+    ),
+    fmt: OutputFormat = typer.Option(
+        OutputFormat.table, "--format", "-f", help="table: summary; json: the plan; dot: a graph.",
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Write to this file instead of stdout.",
+    ),
+    sets: Optional[List[str]] = typer.Option(
+        None, "--set", "-s", metavar="NAME=VALUE", help="Override a let constant (repeatable).",
+    ),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", help="Write one bundle per task into this folder (bundles extension).",
+    ),
+) -> None:
+    """Bind a spec to a model and show the plan: deltas, tasks, parameters, memory."""
+    from adaptlang.cli.output import write_atomic, write_stdout
+
+    overrides = parse_overrides(sets)
+    require_file(spec)
+    if out_dir is not None and _out_handler is None:
+        raise UsageError(Diagnostic(
+            "--out needs the bundles extension (adaptlang.cli.bundle_cmds), which is not installed",
+            obj="--out"))
+    plan = build_plan(spec, model, overrides)
+    if fmt is OutputFormat.table:
+        text = render_table(plan, width=120) if output else render_table(plan)
+    elif fmt is OutputFormat.json:
+        text = plan.to_json()
+    else:
+        text = plan.to_dot()
+        text = text if text.endswith("\n") else text + "\n"
+    if output is not None:
+        write_atomic(output, text or "")
+    elif text is not None:
+        write_stdout(text)
+    if out_dir is not None and _out_handler is not None:
+        _out_handler(CompileOutput(plan=plan, spec_path=spec, model=model,
+                                   overrides=overrides, out_dir=out_dir))
+
+
+def check_command(
+    spec: Path = typer.Argument(..., help="The .adapt spec to check.", show_default=False),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Also bind the spec to this model (selectors, roles, shapes).",
+    ),
+) -> None:
+    """Parse and check a spec; with --model, bind it to the model too."""
+    require_file(spec)
+    if model is None:
+        from adaptlang.spec import load_spec
+
+        loaded = load_spec(spec)
+        typer.echo(f"ok: {plural(len(loaded.deltas), 'delta')}, {plural(len(loaded.tasks), 'task')}")
+        return
+    data = build_plan(spec, model, {}).to_dict()
+    info = data.get("model", {})
+    typer.echo(
+        f"ok: {plural(len(data.get('deltas', {})), 'delta')}, "
+        f"{plural(len(data.get('tasks', {})), 'task')}; "
+        f"bound to {info.get('name', model)} ({info.get('cls', '?')})"
+    )
+
+
+def plural(n: int, word: str) -> str:
+    """Returns ``"1 delta"`` / ``"3 deltas"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def register(app: typer.Typer) -> None:
+    """Adds ``compile`` and ``check`` to ``app``."""
+    app.command("compile")(compile_command)
+    app.command("check")(check_command)

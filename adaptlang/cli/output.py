@@ -1,0 +1,189 @@
+"""Terminal output for ``adaptc``: consoles, diagnostics, number formats, safe writes.
+
+Everything a command shows goes through here, so that user-controlled text
+(paths, spec lines, selectors) is never read as rich markup, diagnostics keep
+their ``file:line:col: error:`` text and caret alignment intact, and
+machine-readable output (plan JSON, DOT) reaches stdout byte for byte.
+
+Only the CLI prints; library layers return values or raise
+:class:`~adaptlang.errors.AdaptError`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from rich.console import Console
+from rich.text import Text
+
+from adaptlang.errors import AdaptError, Diagnostic
+
+__all__ = [
+    "error_console",
+    "format_bytes",
+    "format_count",
+    "format_share",
+    "print_diagnostics",
+    "print_error",
+    "stdout_console",
+    "write_atomic",
+    "write_stdout",
+]
+
+# Regexes that colour parts of a rendered diagnostic without touching its text.
+_STYLES = (
+    (r"(?m)^\S.*?\b(error|warning):", "bold"),
+    (r"\berror:", "bold red"),
+    (r"\bwarning:", "bold yellow"),
+    (r"(?m)^ +\^+$", "bold red"),
+    (r"(?m)^  help:", "bold cyan"),
+    (r"(?m)^  note:", "bold blue"),
+)
+
+
+def stdout_console(width: int | None = None) -> Console:
+    """Returns a console on the current stdout (looked up now, so test runners work).
+
+    Args:
+        width: A fixed width; None lets rich detect the terminal (80 when piped).
+
+    Returns:
+        A console that never interprets markup or highlights numbers on its own.
+    """
+    return Console(file=sys.stdout, highlight=False, markup=False, emoji=False, width=width)
+
+
+def error_console() -> Console:
+    """Returns a console on the current stderr that never wraps long lines."""
+    return Console(
+        file=sys.stderr, highlight=False, markup=False, emoji=False, soft_wrap=True
+    )
+
+
+def style_diagnostic(rendered: str) -> Text:
+    """Colours a rendered diagnostic; the characters stay exactly as rendered.
+
+    Args:
+        rendered: The output of :meth:`Diagnostic.render`.
+
+    Returns:
+        A rich ``Text`` whose plain text equals ``rendered``.
+    """
+    text = Text(rendered)
+    for pattern, style in _STYLES:
+        text.highlight_regex(pattern, style)
+    return text
+
+
+def print_diagnostics(diagnostics: Iterable[Diagnostic], console: Console | None = None) -> None:
+    """Prints diagnostics to stderr, separated by blank lines.
+
+    Args:
+        diagnostics: The problems to show.
+        console: Where to print; stderr by default.
+    """
+    console = console or error_console()
+    for i, diag in enumerate(diagnostics):
+        if i:
+            console.print()
+        console.print(style_diagnostic(diag.render()))
+
+
+def print_error(exc: AdaptError) -> None:
+    """Prints every diagnostic of an :class:`AdaptError` to stderr.
+
+    Diagnostics that point into a source file but lack the source line get it
+    attached here when the file can be read, so the caret always shows.
+    """
+    diags = [attach_source(d) for d in exc.diagnostics]
+    print_diagnostics(diags)
+
+
+def attach_source(diag: Diagnostic) -> Diagnostic:
+    """Returns ``diag`` with its source line filled in from disk, when possible."""
+    if diag.span is None or diag.source_line is not None:
+        return diag
+    path = Path(diag.span.file)
+    try:
+        if path.is_file():
+            return diag.with_source(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        pass
+    return diag
+
+
+def write_stdout(text: str) -> None:
+    """Writes ``text`` to stdout exactly as given (no wrapping, no colour, no newline added)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replaces ``path`` with ``text`` atomically (temp file in the same folder, then rename).
+
+    The file's permission bits are kept when it already exists. Newlines are
+    written as given (no platform translation), so output is byte-identical.
+
+    Args:
+        path: The file to write.
+        text: Its new content.
+
+    Raises:
+        OSError: When the folder cannot be written.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            os.chmod(tmp_name, path.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_name, 0o666 & ~umask)
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        raise
+
+
+def format_count(n: int | float | None) -> str:
+    """Formats a parameter count with thousands separators (``4,194,304``)."""
+    if n is None:
+        return "-"
+    return f"{int(n):,}"
+
+
+def format_bytes(n: int | float | None) -> str:
+    """Formats a byte count in binary units (``12.6 GiB``)."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover - loop always returns
+
+
+def format_share(part: int | float | None, total: int | float | None) -> str:
+    """Formats ``part / total`` as a percentage with enough digits to be non-zero."""
+    if not part or not total:
+        return "0%"
+    share = 100.0 * float(part) / float(total)
+    for digits in (2, 3, 4):
+        text = f"{share:.{digits}f}%"
+        if share >= 10 ** -digits:
+            return text
+    return f"{share:.2g}%"

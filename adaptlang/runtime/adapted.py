@@ -1,0 +1,310 @@
+"""``apply`` and :class:`Adapted`: a plan bound to a real model, with task switching.
+
+``apply`` compiles (or checks) the plan, patches the model in place inside a
+transaction (:mod:`adaptlang.runtime.transaction`), precomputes what every task
+activates, and activates one. Switching tasks then only flips precomputed
+site configurations, parameter slots and ``requires_grad`` flags.
+
+Quantized sites: ``remove()`` gives back the same module and parameter
+objects, holding *dequantized* values — unless ``apply(..., keep_base=True)``
+kept the original weights (then exact, at the cost of the memory saved).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from adaptlang.errors import BundleError, Diagnostic, RuntimeApplyError, did_you_mean
+from adaptlang.runtime.binding import bind_plan
+from adaptlang.runtime.transaction import Patch, TaskConfig, check_not_adapted, patch_model
+
+__all__ = ["Adapted", "apply"]
+
+
+class TaskSwitch:
+    """What ``Adapted.use`` returns: the switch is done; ``with`` restores the previous task."""
+
+    def __init__(self, adapted: "Adapted", previous: str):
+        self._adapted = adapted
+        self.previous = previous
+
+    def __enter__(self) -> "Adapted":
+        return self._adapted
+
+    def __exit__(self, *exc: object) -> None:
+        self._adapted.use(self.previous)
+
+
+class Adapted:
+    """A model patched with a plan's deltas; one task active at a time.
+
+    Build it with :func:`apply`. Attributes:
+
+    Attributes:
+        model: The model object passed to ``apply``, patched in place.
+        plan: The bound :class:`~adaptlang.plan.plan.Plan`.
+    """
+
+    def __init__(self, model: nn.Module, plan: Any, patch: Patch):
+        self.model = model
+        self.plan = plan
+        self._patch = patch
+        self._active: str | None = None
+        self._trainable_now: list[nn.Parameter] = []
+        self._merged = False
+        self._merged_paths: list[str] = []
+        self._removed = False
+
+    # ----------------------------------------------------------------- tasks
+    @property
+    def tasks(self) -> list[str]:
+        """Task names, in declaration order."""
+        return list(self._patch.configs)
+
+    @property
+    def active_task(self) -> str | None:
+        """The task now active (None once removed)."""
+        return self._active
+
+    def use(self, task: str) -> TaskSwitch:
+        """Activates exactly ``task``'s deltas, with its weights and order, and its trainability.
+
+        A merged model is unmerged first. Also a context manager:
+        ``with adapted.use("qa"): ...`` switches back on exit.
+
+        Args:
+            task: A task name.
+
+        Returns:
+            A :class:`TaskSwitch` (usable with ``with``).
+
+        Raises:
+            RuntimeApplyError: Unknown task (with a did-you-mean), or removed.
+        """
+        self._check_live()
+        config = self._config(task)
+        previous = self._active
+        if self._merged:
+            self.unmerge()
+        activate_config(config, self._patch)
+        # Only flags that change are touched: tasks often share deltas.
+        new = config.trainable
+        if self._trainable_now is not new:
+            keep = config.trainable_ids
+            for p in self._trainable_now:
+                if id(p) not in keep:
+                    p.requires_grad_(False)
+            for p in new:
+                p.requires_grad_(True)
+        self._trainable_now = new
+        self._active = task
+        return TaskSwitch(self, previous if previous is not None else task)
+
+    def _config(self, task: str) -> TaskConfig:
+        """Returns a task's precomputed configuration, or raises with a suggestion."""
+        config = self._patch.configs.get(task)
+        if config is None:
+            raise RuntimeApplyError(Diagnostic(
+                f"unknown task '{task}'", obj=task, hint=did_you_mean(task, self._patch.configs),
+                notes=(f"tasks: {', '.join(self._patch.configs)}",)))
+        return config
+
+    # ------------------------------------------------------------ parameters
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Returns ``(name, parameter)`` of the active task's trainable deltas, in model order."""
+        self._check_live()
+        wanted = self._patch.configs[self._active].trainable_ids
+        return [(n, p) for n, p in self.model.named_parameters() if id(p) in wanted]
+
+    def delta_parameters(self, delta: str) -> dict[str, nn.Parameter]:
+        """Returns a delta's parameters keyed ``"{site path}/{local name}"``.
+
+        Raises:
+            RuntimeApplyError: Unknown delta.
+        """
+        self._check_live()
+        params = self._patch.delta_params.get(delta)
+        if params is None:
+            raise RuntimeApplyError(Diagnostic(
+                f"unknown delta '{delta}'", obj=delta, hint=did_you_mean(delta, self._patch.delta_params)))
+        return dict(params)
+
+    def adapter_state_dict(self, task: str | None = None) -> dict[str, torch.Tensor]:
+        """Returns a task's bundle: every parameter of its deltas (frozen ones too).
+
+        Keys are ``"{delta}/{site path}/{local name}"``, derived from each
+        part's ``adapter_params()``; values are detached tensors sharing storage.
+
+        Args:
+            task: A task name (default: the active task).
+        """
+        self._check_live()
+        config = self._config(task or self._active)
+        return {
+            f"{delta}/{key}": p.detach()
+            for delta in config.deltas
+            for key, p in self._patch.delta_params[delta].items()
+        }
+
+    def load_adapter_state_dict(self, state_dict: dict[str, torch.Tensor], task: str | None = None) -> None:
+        """Copies a task's bundle values into its delta parameters.
+
+        Args:
+            state_dict: As :meth:`adapter_state_dict` returns.
+            task: The task it belongs to (default: the active task).
+
+        Raises:
+            BundleError: Missing or unexpected keys, or shapes that differ.
+        """
+        self._check_live()
+        if self._merged:
+            raise RuntimeApplyError("unmerge() before loading adapter weights")
+        target = self.adapter_state_dict(task)
+        missing = sorted(set(target) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(target))
+        bad = [k for k in target if k in state_dict and tuple(state_dict[k].shape) != tuple(target[k].shape)]
+        if missing or unexpected or bad:
+            notes = [f"missing: {k}" for k in missing[:5]] + [f"unexpected: {k}" for k in unexpected[:5]]
+            notes += [f"shape of {k}: {tuple(state_dict[k].shape)} != {tuple(target[k].shape)}" for k in bad[:5]]
+            raise BundleError(Diagnostic(
+                f"adapter weights do not fit task '{task or self._active}'", obj=task or self._active,
+                notes=tuple(notes)))
+        with torch.no_grad():
+            for key, value in state_dict.items():
+                target[key].copy_(value.to(device=target[key].device, dtype=target[key].dtype))
+
+    # ---------------------------------------------------------------- merging
+    def merge(self) -> dict[str, Any]:
+        """Folds the active task's LoRA/IA3 (and sparse) deltas into the base weights.
+
+        Sites that cannot merge (a quantized base, adapters) are left active
+        and reported, not an error.
+
+        Returns:
+            ``{"merged": [site paths], "not_merged": {site path: reason}}``.
+        """
+        self._check_live()
+        report: dict[str, Any] = {"merged": [], "not_merged": {}}
+        if self._merged:
+            return report
+        for path in self._patch.configs[self._active].active_paths:
+            site = self._patch.sites[path]
+            if path in self._patch.quantized:
+                report["not_merged"][path] = "the base weight is quantized"
+                continue
+            try:
+                site.merge()
+            except (RuntimeApplyError, NotImplementedError, ValueError) as exc:
+                report["not_merged"][path] = str(exc).splitlines()[0]
+                continue
+            report["merged"].append(path)
+        self._merged = True
+        self._merged_paths = list(report["merged"])
+        return report
+
+    def unmerge(self) -> None:
+        """Undoes :meth:`merge` (the base weights come back within float rounding)."""
+        self._check_live()
+        if not self._merged:
+            return
+        for path in reversed(self._merged_paths):
+            self._patch.sites[path].unmerge()
+        self._merged = False
+        self._merged_paths = []
+
+    @property
+    def merged(self) -> bool:
+        """True between :meth:`merge` and :meth:`unmerge`."""
+        return self._merged
+
+    # ----------------------------------------------------------------- other
+    def memory_report(self) -> dict[str, Any]:
+        """Returns base memory before/after quantization, per site and in total."""
+        sites = [dict(entry) for entry in self._patch.quant_report]
+        before = sum(e["bytes_before"] for e in sites)
+        after = sum(e["bytes_after"] for e in sites)
+        return {"sites": sites, "bytes_before": before, "bytes_after": after, "bytes_saved": before - after}
+
+    def summary(self) -> str:
+        """Returns the per-task table, as ``adaptc compile`` prints it."""
+        return self.plan.summary()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Calls the model."""
+        return self.model(*args, **kwargs)
+
+    def remove(self) -> nn.Module:
+        """Takes every patch off: the model exactly as before ``apply``.
+
+        Same module objects at every path, same parameter objects, the same
+        ``requires_grad`` flags; values identical (quantized sites: see the
+        module docstring). The ``Adapted`` is unusable afterwards.
+
+        Returns:
+            The model.
+        """
+        self._check_live()
+        if self._merged:
+            self.unmerge()
+        self._patch.undo_all(removing=True)
+        self._removed = True
+        self._active = None
+        return self.model
+
+    def _check_live(self) -> None:
+        if self._removed:
+            raise RuntimeApplyError("this Adapted was removed; call adaptlang.apply again")
+
+    def __repr__(self) -> str:
+        return f"Adapted({type(self.model).__name__}, tasks={self.tasks}, active={self._active!r})"
+
+
+def activate_config(config: TaskConfig, patch: Patch) -> None:
+    """Sets every site, parameter slot and the prompt as ``config`` says."""
+    for site, active in config.sites:
+        site.set_active(active)
+    patch.tune.activate(config.tune)
+    patch.prompts.set_active(config.prompt)
+
+
+def apply(model: nn.Module, spec_or_plan: Any, *, task: str | None = None, tokenizer: Any = None,
+          seed: int = 0, keep_base: bool = False) -> Adapted:
+    """Patches ``model`` in place with a spec's or plan's deltas and activates one task.
+
+    Args:
+        model: The model (an ``nn.Module``), patched in place.
+        spec_or_plan: A ``.adapt`` path, spec text, a ``Spec`` (compiled
+            against ``model``), or a ``Plan`` (its fingerprint must match).
+        task: The task to activate (default: the first).
+        tokenizer: Needed by prompts initialised from text.
+        seed: Seeds every delta's initial values (per delta and site).
+        keep_base: Keep the original weights of quantized sites so that
+            ``remove()`` restores them exactly.
+
+    Returns:
+        The :class:`Adapted` handle.
+
+    Raises:
+        RuntimeApplyError: A model that does not fit the plan, an unknown
+            task, or a failure while patching (the model is then unchanged).
+        SpecError, BindError: From compiling a spec.
+    """
+    check_not_adapted(model)
+    plan = bind_plan(model, spec_or_plan)
+    plan_dict = plan.to_dict()
+    if task is not None and task not in plan_dict["tasks"]:
+        raise RuntimeApplyError(Diagnostic(
+            f"unknown task '{task}'", obj=task, hint=did_you_mean(task, plan_dict["tasks"]),
+            notes=(f"tasks: {', '.join(plan_dict['tasks'])}",)))
+    first = task or next(iter(plan_dict["tasks"]))
+    patch = patch_model(model, plan_dict, tokenizer=tokenizer, seed=seed, keep_base=keep_base)
+    adapted = Adapted(model, plan, patch)
+    try:
+        adapted.use(first)
+    except Exception:
+        patch.undo_all(removing=False)
+        raise
+    return adapted

@@ -1,0 +1,324 @@
+"""All-or-nothing patching: an undo log, and the model state it must restore.
+
+Every change ``apply`` makes to a model registers how to take it back. If a
+later step fails, :meth:`Transaction.rollback` runs those in reverse, so the
+model keeps the same module objects at every path, the same parameter
+objects and values, the same ``requires_grad`` flags, and no hooks or
+attributes of ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from adaptlang.errors import AdaptError, Diagnostic, RuntimeApplyError
+from adaptlang.runtime.binding import (
+    ModuleSnapshot, derive_generator, resolve_module, snapshot_flags, split_path,
+)
+from adaptlang.runtime.prompt import PROMPT_ATTR, PromptController
+from adaptlang.runtime.tune import SlotAssignment, TuneSlots
+
+__all__ = ["Patch", "TaskConfig", "Transaction", "check_not_adapted", "patch_model"]
+
+
+class Transaction:
+    """An undo log for one ``apply``.
+
+    Usage::
+
+        tx = Transaction()
+        with tx.step("wrapping", path):
+            ...                              # failures become RuntimeApplyError naming path
+            tx.on_undo(lambda removing: ...) # how to take the change back
+        # on any error: tx.rollback(); later, remove(): tx.rollback(removing=True)
+
+    Undo actions get ``removing``: False when a failed ``apply`` is rolled
+    back, True when ``remove()`` takes a finished patch off (which may keep
+    things the user did since, such as hooks they added).
+    """
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[bool], None]] = []
+
+    def on_undo(self, action: Callable[[bool], None]) -> None:
+        """Registers how to take back the change just made."""
+        self._undo.append(action)
+
+    @contextlib.contextmanager
+    def step(self, what: str, where: str) -> Iterator[None]:
+        """Runs one patching step; any failure is re-raised naming the site.
+
+        Args:
+            what: What the step does (``"adding lora 'attn'"``).
+            where: The site path (or delta name) it works on.
+
+        Raises:
+            RuntimeApplyError: Wrapping the original error, with the site and
+                the cause in its message; AdaptErrors keep their notes.
+        """
+        try:
+            yield
+        except AdaptError as exc:
+            diags = exc.diagnostics
+            first = diags[0]
+            raise RuntimeApplyError([Diagnostic(
+                f"{what} failed at '{where}': {first.message}", obj=where, hint=first.hint,
+                notes=first.notes)] + diags[1:]) from exc
+        except Exception as exc:  # noqa: BLE001 - any failure must name its site
+            raise RuntimeApplyError(Diagnostic(
+                f"{what} failed at '{where}': {type(exc).__name__}: {exc}", obj=where)) from exc
+
+    def rollback(self, removing: bool = False) -> list[BaseException]:
+        """Undoes every registered change, newest first.
+
+        Args:
+            removing: Passed to every undo action (see the class docstring).
+
+        Returns:
+            Errors raised by undo actions (each is still attempted); empty
+            when the model was fully restored.
+        """
+        errors: list[BaseException] = []
+        while self._undo:
+            action = self._undo.pop()
+            try:
+                action(removing)
+            except Exception as exc:  # noqa: BLE001 - keep undoing the rest
+                errors.append(exc)
+        return errors
+
+
+# --------------------------------------------------------------------- patching
+#: Delta kinds that live in a SiteModule part (prompt and tune are handled here).
+SITE_KINDS = ("lora", "ia3", "adapter", "sparse")
+
+
+@dataclass
+class TaskConfig:
+    """Everything ``use(task)`` sets, precomputed at apply time.
+
+    Attributes:
+        name: The task.
+        deltas: Every delta of the task, in written order.
+        sites: ``(site, [(delta, weight), ...])`` for every site that has parts.
+        active_paths: Paths of the sites where the task activates something.
+        trainable: Parameters of the task's non-frozen deltas.
+        trainable_ids: ``id()`` of each of those, for fast membership.
+        tune: What every tuned parameter slot holds under this task.
+        prompt: The task's prompt delta, if any.
+    """
+
+    name: str
+    deltas: list[str]
+    sites: list[tuple[Any, list[tuple[str, float]]]]
+    active_paths: list[str]
+    trainable: list[nn.Parameter]
+    trainable_ids: frozenset[int]
+    tune: list[SlotAssignment]
+    prompt: str | None
+
+
+@dataclass
+class Patch:
+    """The patches ``apply`` made to one model, and how to take them off.
+
+    Attributes:
+        model: The patched model.
+        sites: Plan path -> ``SiteModule``, in the order they were wrapped.
+        configs: Task name -> :class:`TaskConfig`, in declaration order.
+        delta_params: Delta -> ``{"{site path}/{local name}": parameter}``.
+        prompts: The prompt deltas and their hook.
+        tune: The tuned copies and the slots they go in.
+        quantized: Paths of sites whose base weight is quantized.
+        quant_report: ``{"path", "bytes_before", "bytes_after"}`` per quantized site.
+        tx: The undo log (kept after apply: ``remove()`` replays it).
+    """
+
+    model: nn.Module
+    prompts: PromptController
+    tune: TuneSlots
+    tx: Transaction
+    sites: dict[str, Any] = field(default_factory=dict)
+    configs: dict[str, TaskConfig] = field(default_factory=dict)
+    delta_params: dict[str, dict[str, nn.Parameter]] = field(default_factory=dict)
+    quantized: set[str] = field(default_factory=set)
+    quant_report: list[dict[str, Any]] = field(default_factory=list)
+    site_snapshots: dict[str, ModuleSnapshot] = field(default_factory=dict)
+
+    def undo_all(self, removing: bool = True) -> None:
+        """Takes every patch off (see :meth:`Transaction.rollback`).
+
+        Raises:
+            RuntimeApplyError: Some change could not be undone.
+        """
+        errors = self.tx.rollback(removing=removing)
+        self.sites.clear()
+        if errors:
+            raise RuntimeApplyError(Diagnostic(
+                f"could not undo every patch: {type(errors[0]).__name__}: {errors[0]}",
+                notes=tuple(f"{type(e).__name__}: {e}" for e in errors[1:5])))
+
+
+def check_not_adapted(model: nn.Module) -> None:
+    """Refuses a model that already carries adaptlang patches."""
+    from adaptlang.runtime.site import SiteModule
+
+    if PROMPT_ATTR in model._modules or any(isinstance(m, SiteModule) for m in model.modules()):
+        raise RuntimeApplyError(Diagnostic(
+            "this model is already adapted", obj=type(model).__name__,
+            hint="call remove() on the existing Adapted first"))
+
+
+def _wrap_site(patch: Patch, path: str) -> Any:
+    """Returns the SiteModule at ``path``, wrapping the module there if needed."""
+    from adaptlang.runtime.site import SiteModule
+
+    site = patch.sites.get(path)
+    if site is not None:
+        return site
+    if not path:
+        raise RuntimeApplyError("cannot wrap the root model itself")
+    parent_path, name = split_path(path)
+    parent = resolve_module(patch.model, parent_path, unwrap=True)
+    original = parent._modules[name]
+    snap = ModuleSnapshot(original)
+    site = SiteModule.wrap(original)
+
+    def unwrap(removing: bool) -> None:
+        if removing and path in patch.quantized and not snap.keeps_all():
+            _dequantize_into(site, snap)
+        parent._modules[name] = original
+        snap.restore(hooks=not removing)
+
+    patch.tx.on_undo(unwrap)
+    parent._modules[name] = site
+    patch.sites[path] = site
+    patch.site_snapshots[path] = snap
+    return site
+
+
+def _dequantize_into(site: Any, snap: ModuleSnapshot) -> None:
+    """Gives released original parameters the site's dequantized values (same objects)."""
+    base = site.unwrap()
+    for table in ("_parameters", "_buffers"):
+        for name, original in snap.tables[table].items():
+            if original is None or (table, name) not in snap.released:
+                continue
+            now = base.__dict__[table].get(name)
+            if now is not None and now is not original:
+                original.data = now.detach().to(original.dtype)
+
+
+def _quantize_sites(patch: Patch, plan_dict: dict[str, Any]) -> None:
+    """Quantizes the base weights the plan's ``base.quantize`` lists."""
+    for q in plan_dict.get("base", {}).get("quantize", []):
+        path = q["path"]
+        with patch.tx.step(f"quantizing ({q['format']})", path):
+            site = _wrap_site(patch, path)
+            sizes = site.quantize(q["format"], q.get("block", 64), q.get("double", True),
+                                  q.get("compute", "float32")) or {}
+            patch.quantized.add(path)
+            patch.quant_report.append({
+                "path": path, "format": q["format"],
+                "bytes_before": int(sizes.get("bytes_before", q.get("bytes_before", 0))),
+                "bytes_after": int(sizes.get("bytes_after", q.get("bytes_after", 0)))})
+
+
+def _add_deltas(patch: Patch, plan_dict: dict[str, Any], tokenizer: Any, seed: int) -> None:
+    """Creates every delta's parameters at every site."""
+    for delta, info in plan_dict["deltas"].items():
+        kind = info["kind"]
+        params: dict[str, nn.Parameter] = {}
+        for site_dict in info["sites"]:
+            path = site_dict["path"]
+            gen = derive_generator(seed, delta, path)
+            with patch.tx.step(f"adding {kind} '{delta}'", path):
+                if kind in SITE_KINDS:
+                    site = _wrap_site(patch, path)
+                    site.add_part(delta, kind, site_dict, gen)
+                    local = site.adapter_params(delta)
+                elif kind == "prompt":
+                    if not patch.prompts.parts:
+                        patch.tx.on_undo(lambda removing: patch.prompts.remove())
+                    local = patch.prompts.add(delta, site_dict, gen, tokenizer).adapter_params()
+                elif kind == "tune":
+                    if not patch.tune.originals:
+                        patch.tx.on_undo(lambda removing: patch.tune.restore())
+                    local = {site_dict["param"]: patch.tune.add(delta, site_dict)}
+                else:
+                    raise RuntimeApplyError(f"unknown delta kind '{kind}'")
+            params.update({f"{path}/{name}": p for name, p in local.items()})
+        patch.delta_params[delta] = params
+
+
+def _build_config(patch: Patch, plan_dict: dict[str, Any], task: str) -> TaskConfig:
+    """Precomputes what ``use(task)`` sets."""
+    terms = plan_dict["tasks"][task]["deltas"]
+    kinds = {name: d["kind"] for name, d in plan_dict["deltas"].items()}
+    weights = {t["name"]: float(t.get("weight", 1.0)) for t in terms}
+    sites = []
+    for path, site in patch.sites.items():
+        if len(site.parts) == 0:
+            continue
+        active = [(t["name"], weights[t["name"]]) for t in terms if t["name"] in site.parts]
+        sites.append((site, active))
+    trainable: dict[int, nn.Parameter] = {}
+    for t in terms:
+        if not t.get("frozen", False):
+            trainable.update((id(p), p) for p in patch.delta_params[t["name"]].values())
+    prompts = [t["name"] for t in terms if kinds[t["name"]] == "prompt"]
+    tunes = [t["name"] for t in terms if kinds[t["name"]] == "tune"]
+    return TaskConfig(
+        name=task, deltas=[t["name"] for t in terms], sites=sites,
+        active_paths=[path for path, site in patch.sites.items() if any(d in site.parts for d in weights)],
+        trainable=list(trainable.values()), trainable_ids=frozenset(trainable),
+        tune=patch.tune.assignments_for(tunes, task), prompt=prompts[0] if prompts else None)
+
+
+def patch_model(model: nn.Module, plan_dict: dict[str, Any], *, tokenizer: Any = None, seed: int = 0,
+                keep_base: bool = False) -> Patch:
+    """Patches ``model`` with every delta of a plan, all or nothing.
+
+    Args:
+        model: The model, changed in place.
+        plan_dict: ``Plan.to_dict()``.
+        tokenizer: For prompts initialised from text.
+        seed: Seeds each (delta, site)'s initial values.
+        keep_base: Keep quantized sites' original weights (exact ``remove()``).
+
+    Returns:
+        The :class:`Patch`; every delta parameter starts with ``requires_grad`` False.
+
+    Raises:
+        RuntimeApplyError: Naming the site that failed; the model is unchanged.
+    """
+    patch = Patch(model=model, prompts=PromptController(model), tune=TuneSlots(model), tx=Transaction())
+    flags = snapshot_flags(model)
+    patch.tx.on_undo(lambda removing: flags.restore())
+    try:
+        for _, p in flags.flags:
+            p.requires_grad_(False)
+        _quantize_sites(patch, plan_dict)
+        _add_deltas(patch, plan_dict, tokenizer, seed)
+        for params in patch.delta_params.values():
+            for p in params.values():
+                p.requires_grad_(False)
+        for task in plan_dict["tasks"]:
+            with patch.tx.step("preparing task", task):
+                patch.configs[task] = _build_config(patch, plan_dict, task)
+    except BaseException as exc:
+        errors = patch.tx.rollback()
+        if errors and isinstance(exc, AdaptError):
+            raise RuntimeApplyError(exc.diagnostics + [Diagnostic(
+                f"and undoing the patch failed too: {errors[0]}", severity="error")]) from exc
+        raise
+    if not keep_base:
+        # The originals were held only so a failed apply could restore them exactly.
+        for path in patch.quantized:
+            patch.site_snapshots[path].release_quantized()
+    return patch

@@ -1,0 +1,114 @@
+"""Partial fine-tuning and BitFit: re-training existing parameters, per delta.
+
+A ``tune`` delta gets its own copy of each selected parameter, made from the
+base values at apply time. The copy is swapped into the module's parameter
+slot (``module._parameters[name] = copy``) while a task using the delta is
+active; otherwise the slot holds the original ``Parameter`` object, which is
+never written to, so the frozen base stays bit-identical and ``remove()`` can
+put the very same objects back.
+
+Copies belong to deltas, not tasks, like every other delta's parameters:
+two tasks that use the same ``tune`` delta see the same trained values (so
+``frozen(head)`` in a second task reuses what the first task trained). Two
+different ``tune`` deltas on the same parameter each have their own copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from adaptlang.errors import Diagnostic, RuntimeApplyError
+from adaptlang.runtime.binding import resolve_slot
+
+__all__ = ["SlotKey", "SlotAssignment", "TuneSlots"]
+
+#: A parameter slot by plan path: (module path, parameter name).
+SlotKey = tuple[str, str]
+#: What one task puts in one slot: (module, parameter name, parameter).
+SlotAssignment = tuple[nn.Module, str, nn.Parameter]
+
+
+class TuneSlots:
+    """The tuned copies of one adapted model and the original parameters they replace.
+
+    Args:
+        model: The root model.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.originals: dict[SlotKey, nn.Parameter] = {}
+        self.modules: dict[SlotKey, nn.Module] = {}
+        self.copies: dict[str, dict[SlotKey, nn.Parameter]] = {}
+
+    def add(self, delta: str, site: dict[str, Any]) -> nn.Parameter:
+        """Makes ``delta``'s copy of the parameter a plan site names.
+
+        Args:
+            delta: The tune delta's name.
+            site: The plan site (``path``, ``param``, ``shape``).
+
+        Returns:
+            The new copy (``requires_grad`` False until a task activates it).
+
+        Raises:
+            RuntimeApplyError: The slot is missing or its shape differs from the plan's.
+        """
+        key: SlotKey = (site["path"], site["param"])
+        module, name = resolve_slot(self.model, *key)
+        original = self.originals.get(key, module._parameters[name])
+        if original is None:
+            raise RuntimeApplyError(Diagnostic(f"parameter '{key[0]}.{key[1]}' is None", obj=delta))
+        if "shape" in site and tuple(original.shape) != tuple(site["shape"]):
+            raise RuntimeApplyError(Diagnostic(
+                f"'{key[0]}.{key[1]}' has shape {tuple(original.shape)}, the plan says {tuple(site['shape'])}",
+                obj=delta))
+        self.originals[key] = original
+        self.modules[key] = module
+        copy = nn.Parameter(original.detach().clone(), requires_grad=False)
+        self.copies.setdefault(delta, {})[key] = copy
+        return copy
+
+    def adapter_params(self, delta: str) -> dict[SlotKey, nn.Parameter]:
+        """Returns ``delta``'s copies by slot (empty for a delta that is not ``tune``)."""
+        return dict(self.copies.get(delta, {}))
+
+    def assignments_for(self, deltas: list[str], task: str = "") -> list[SlotAssignment]:
+        """Precomputes what every slot holds while exactly ``deltas`` are active.
+
+        Args:
+            deltas: The active task's tune deltas.
+            task: The task's name, for errors.
+
+        Returns:
+            One assignment per known slot: the delta's copy, or the original.
+
+        Raises:
+            RuntimeApplyError: Two of the deltas tune the same parameter.
+        """
+        chosen: dict[SlotKey, tuple[str, nn.Parameter]] = {}
+        for delta in deltas:
+            for key, copy in self.copies.get(delta, {}).items():
+                if key in chosen:
+                    raise RuntimeApplyError(Diagnostic(
+                        f"task '{task}': deltas '{chosen[key][0]}' and '{delta}' both tune "
+                        f"'{key[0]}.{key[1]}'", obj=task))
+                chosen[key] = (delta, copy)
+        return [
+            (self.modules[key], key[1], chosen[key][1] if key in chosen else original)
+            for key, original in self.originals.items()
+        ]
+
+    @staticmethod
+    def activate(assignments: list[SlotAssignment]) -> None:
+        """Puts each assignment's parameter in its slot (skipping slots already right)."""
+        for module, name, param in assignments:
+            if module._parameters[name] is not param:
+                module._parameters[name] = param
+
+    def restore(self) -> None:
+        """Puts every original ``Parameter`` object back in its slot."""
+        for key, original in self.originals.items():
+            self.modules[key]._parameters[key[1]] = original
