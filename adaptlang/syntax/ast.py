@@ -24,7 +24,7 @@ __all__ = [
     "Name", "Neg", "Node", "Number", "Percent", "Property", "QuantizeDecl", "Role",
     "SelPath", "Selector", "Slice", "Statement", "String", "Tagged", "TaskDecl",
     "TaskExpr", "TaskFrozen", "TaskGroup", "TaskRef", "TaskScale", "TaskSum", "Use",
-    "Value", "DELTA_KINDS", "PLACEMENT_KEYS",
+    "Value", "DELTA_KINDS", "KIND_PROPERTIES", "PLACEMENT_KEYS",
 ]
 
 #: The delta kinds of language version 1, in documentation order.
@@ -32,6 +32,19 @@ DELTA_KINDS = ("lora", "ia3", "adapter", "prompt", "tune", "sparse")
 
 #: Property keys whose value is a selector rather than an expression.
 PLACEMENT_KEYS = ("on", "after", "before", "parallel", "params")
+
+#: The property keys of each delta kind (and of ``quantize`` blocks), in
+#: documentation order. The spec layer checks values; the parser uses these
+#: for "did you mean" hints in syntax errors.
+KIND_PROPERTIES: dict[str, tuple[str, ...]] = {
+    "lora": ("on", "rank", "alpha", "dropout", "init", "variant", "bias"),
+    "ia3": ("on", "init", "feedforward"),
+    "adapter": ("after", "before", "parallel", "size", "reduction", "act", "dropout", "scale", "residual"),
+    "prompt": ("tokens", "init"),
+    "tune": ("params",),
+    "sparse": ("on", "density", "select", "seed"),
+    "quantize": ("on", "block", "double", "compute"),
+}
 
 
 class Node(BaseModel):
