@@ -180,7 +180,7 @@ def load_model(ref: str, device: str = "meta", dtype: Any = None) -> tuple[nn.Mo
             ``config.json``, or a factory that cannot be imported, fails, or
             does not return an ``nn.Module``.
     """
-    ref = str(ref).strip()
+    ref, device = str(ref).strip(), str(device)
     wanted = _parse_dtype(dtype, ref) if dtype is not None else None
     if ref in PRESETS:
         return _build_preset(PRESETS[ref], device, wanted), ref
@@ -221,10 +221,39 @@ def _building(device: str, dtype: torch.dtype | None) -> Iterator[None]:
     try:
         if dtype is not None and dtype.is_floating_point:
             torch.set_default_dtype(dtype)
-        with torch.device(device):
+        with torch.device(device), (_skip_init() if str(device) == "meta" else contextlib.nullcontext()):
             yield
     finally:
         torch.set_default_dtype(previous)
+
+
+#: ``torch.nn.init`` functions that modules call from ``reset_parameters``.
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_",
+                   "dirac_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
+                   "kaiming_normal_", "orthogonal_", "sparse_")
+
+
+@contextlib.contextmanager
+def _skip_init() -> Iterator[None]:
+    """Makes ``torch.nn.init`` fills no-ops while building on meta (there is nothing to fill).
+
+    Initialising is the largest avoidable cost of building a meta model: every
+    Linear draws a kaiming init, which on meta still dispatches through Python
+    decompositions. ``transformers`` skips its own init on meta; this covers
+    torch's. Weight tying is untouched.
+    """
+    originals = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS if hasattr(nn.init, name)}
+
+    def skip(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        return tensor
+
+    try:
+        for name in originals:
+            setattr(nn.init, name, skip)
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(nn.init, name, fn)
 
 
 def _build_preset(preset: Preset, device: str, dtype: torch.dtype | None) -> nn.Module:
@@ -237,7 +266,7 @@ def _build_preset(preset: Preset, device: str, dtype: torch.dtype | None) -> nn.
     model_cls = getattr(transformers, preset.cls)
     with _building(device, dtype):
         model = model_cls(config)
-    return model.eval()
+    return model if device == "meta" else model.eval()
 
 
 def _load_directory(path: Path, device: str, dtype: torch.dtype | None) -> nn.Module:
@@ -273,9 +302,7 @@ def _load_directory(path: Path, device: str, dtype: torch.dtype | None) -> nn.Mo
                 else model_cls.from_config(config)
     except Exception as exc:
         raise UsageError(Diagnostic(f"cannot build the model in {path}: {exc}", obj=str(path))) from None
-    if dtype is not None:
-        model = model.to(dtype=dtype)
-    return model.eval()
+    return model if device == "meta" else model.eval()
 
 
 def _config_dtype(config: Any) -> torch.dtype | None:
@@ -287,17 +314,32 @@ def _config_dtype(config: Any) -> torch.dtype | None:
     return found if isinstance(found, torch.dtype) else None
 
 
+#: Encoder-only model types: without ``architectures`` they load as the bare
+#: encoder (``AutoModel``), not as a causal-LM head that merely exists for them.
+_ENCODER_ONLY = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra",
+                           "deberta", "deberta-v2", "camembert", "mpnet"})
+
+
 def _directory_class(raw: dict[str, Any], config: Any) -> Any:
-    """Returns the class named in ``architectures``, else an Auto class by ``model_type``."""
+    """Returns the class named in ``architectures``, else an Auto class by ``model_type``.
+
+    Without ``architectures``: encoder-decoders load for seq2seq LM, encoders
+    as the bare model, anything else as a causal LM where transformers has one.
+    """
     import transformers
 
     for name in raw.get("architectures") or ():
         found = getattr(transformers, str(name), None)
         if isinstance(found, type) and issubclass(found, nn.Module):
             return found
-    for auto in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModel"):
-        mapping = getattr(transformers, auto)._model_mapping
-        if type(config) in mapping:
+    if getattr(config, "is_encoder_decoder", False):
+        order = ("AutoModelForSeq2SeqLM", "AutoModel")
+    elif raw["model_type"] in _ENCODER_ONLY:
+        order = ("AutoModel",)
+    else:
+        order = ("AutoModelForCausalLM", "AutoModel")
+    for auto in order:
+        if type(config) in getattr(transformers, auto)._model_mapping:
             return getattr(transformers, auto)
     raise UsageError(Diagnostic(f"transformers has no model class for model_type "
                                 f"'{raw['model_type']}'", obj=str(raw.get("architectures"))))

@@ -6,23 +6,27 @@ family, so that one spec fits Llama and GPT-2 alike: ``@layers[-2:].@mlp`` is
 GPT-2. Roles are defined by patterns over module paths (never by layer
 counts), so a 2-layer test model has the same roles as the 80-layer one.
 
-Per family:
+Per family (``N`` is any layer index):
 
-=========  ==========================  ===========================  ==============================
-role       Llama / Mistral / Qwen2     GPT-2                        BERT / T5
-=========  ==========================  ===========================  ==============================
-@layers    ``model.layers``            ``transformer.h``            ``encoder.layer`` / ``encoder.block``, ``decoder.block``
-@attn      ``layers.N.self_attn``      ``h.N.attn``                 ``layer.N.attention`` / ``SelfAttention``, ``EncDecAttention``
-@q @k @v   ``self_attn.{q,k,v}_proj``  (fused: ``@qkv`` c_attn)     ``attention.self.{query,key,value}`` / ``.q .k .v``
-@o         ``self_attn.o_proj``        ``attn.c_proj``              ``attention.output.dense`` / ``.o``
-@mlp       ``layers.N.mlp``            ``h.N.mlp``                  ``layer.N.output`` / ``DenseReluDense``
-@up        ``mlp.up_proj``             ``mlp.c_fc``                 ``intermediate.dense`` / ``wi`` (``wi_1``)
-@gate      ``mlp.gate_proj``           --                           -- / ``wi_0`` (gated T5)
-@down      ``mlp.down_proj``           ``mlp.c_proj``               ``output.dense`` / ``wo``
-@embed     ``embed_tokens``            ``wte``                      ``word_embeddings`` / ``shared``
-@head      ``lm_head``                 ``lm_head``                  MLM decoder, ``classifier`` / ``lm_head``
-@norm      every norm module (leaf modules whose class name contains ``Norm``)
-=========  ==========================  ===========================  ==============================
+* Llama, Mistral, Qwen2: ``@layers`` ``model.layers``; ``@attn``
+  ``layers.N.self_attn``; ``@q @k @v @o`` its ``q_proj k_proj v_proj o_proj``;
+  ``@mlp`` ``layers.N.mlp``; ``@gate @up @down`` its ``gate_proj up_proj
+  down_proj``; ``@embed`` ``embed_tokens``; ``@head`` ``lm_head``.
+* GPT-2: ``@layers`` ``transformer.h``; ``@attn`` ``h.N.attn`` with the fused
+  ``@qkv`` ``c_attn`` and ``@o`` ``c_proj``; ``@mlp`` ``h.N.mlp`` with ``@up``
+  ``c_fc`` and ``@down`` ``c_proj``; ``@embed`` ``wte``; ``@head`` ``lm_head``.
+* BERT: ``@layers`` ``encoder.layer``; ``@attn`` ``layer.N.attention``; ``@q @k
+  @v`` ``attention.self.{query,key,value}``; ``@o`` ``attention.output.dense``;
+  ``@mlp`` ``layer.N.output``; ``@up`` ``intermediate.dense``; ``@down``
+  ``output.dense``; ``@embed`` ``word_embeddings``; ``@head`` the MLM decoder
+  or ``classifier`` when the model has one.
+* T5: ``@layers`` ``encoder.block`` and ``decoder.block``; ``@attn`` every
+  ``SelfAttention`` and ``EncDecAttention`` with ``@q @k @v @o`` their ``q k v
+  o``; ``@mlp`` ``DenseReluDense`` with ``@up`` ``wi`` (``wi_1``), ``@gate``
+  ``wi_0`` (gated T5 only), ``@down`` ``wo``; ``@embed`` ``shared``; ``@head``
+  ``lm_head``.
+* Every family: ``@norm`` is every norm module (leaf modules whose class
+  name contains ``Norm``).
 
 BERT has no single MLP module: ``@mlp`` is each layer's ``output`` block (the
 down projection, then residual and LayerNorm), where adapter-style methods

@@ -39,7 +39,8 @@ def match_modules(sig: Any, selector: ast.Selector, *, role_error: bool = True) 
         sig: The model's :class:`~adaptlang.plan.signature.ModelSignature`.
         selector: The parsed selector.
         role_error: When False, a role the model lacks matches nothing
-            instead of raising.
+            instead of raising, and a path left empty by it is skipped (so
+            ``@gate, @up`` on GPT-2 is its ``@up``; the result may be empty).
 
     Raises:
         BindError: A path that matches no module (with the nearest real
@@ -49,9 +50,11 @@ def match_modules(sig: Any, selector: ast.Selector, *, role_error: bool = True) 
     result = _evaluate(sig, selector, role_error)
     found: set[str] = set()
     for path, part in zip(selector.include, result.include):
-        if not part.modules:
+        if not part.modules and not part.missing_role:
             raise BindError(explain_empty(sig, path, part, want="modules"))
         found.update(part.modules)
+    if not found:
+        return []  # only paths through roles the model lacks (role_error=False)
     return _finish(sig, selector, _ordered_modules(sig, found - result.excluded_modules))
 
 
@@ -95,7 +98,7 @@ def match_targets(sig: Any, selector: ast.Selector) -> tuple[list[str], list[tup
     mods = _ordered_modules(sig, modules - result.excluded_modules)
     pars = _ordered_params(sig, result.subtract_params(params))
     if not mods and not pars:
-        _finish(sig, selector, [])
+        raise BindError(excluded_all_diagnostic(sig, selector))
     return mods, pars
 
 
@@ -124,6 +127,7 @@ class _PathResult:
     modules: set[str] = field(default_factory=set)
     params: set[tuple[str, str]] = field(default_factory=set)
     unfiltered: list[str] = field(default_factory=list)
+    missing_role: bool = False
 
 
 @dataclass
@@ -180,6 +184,7 @@ def _match_path(sig: Any, path: ast.SelPath, role_error: bool, strict: bool) -> 
             if keep and auto.accepting(auto.step(here, p.name, mpath, None, full)):
                 result.params.add((mpath, p.name))
     result.modules = {p for p in result.unfiltered if not classes or not classes.isdisjoint(modules[p].bases)}
+    result.missing_role = auto.missing_role
     diag = index_diagnostic(path, auto.index_trace, matched=bool(result.modules or result.params))
     if strict and diag is not None:
         raise BindError(diag)
@@ -198,6 +203,7 @@ class _Automaton:
     def __init__(self, sig: Any, path: ast.SelPath, role_error: bool):
         self.sig = sig
         self.role_error = role_error
+        self.missing_role = False
         self.eps: list[list[int]] = []
         self.moves: list[list[tuple[str, Any, int]]] = []
         self.index_trace: dict[int, tuple[ast.Index, dict[str, int], list[str]]] = {}
@@ -264,6 +270,7 @@ class _Automaton:
         if el.name not in roles:
             if self.role_error:
                 raise BindError(role_diagnostic(self.sig, el))
+            self.missing_role = True
             return frozenset(), frozenset()
         paths = frozenset(roles[el.name])
         prefixes = set()
@@ -385,7 +392,8 @@ def _ordered_modules(sig: Any, found: set[str]) -> list[str]:
 
 
 def _ordered_params(sig: Any, found: set[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(path, p.name) for path, info in sig.modules.items() for p in info.params if (path, p.name) in found]
+    return [(path, p.name) for path, info in sig.modules.items() for p in info.params
+            if (path, p.name) in found]
 
 
 def _finish(sig: Any, selector: ast.Selector, found: list[Any]) -> list[Any]:

@@ -55,8 +55,8 @@ def _render_elements(elements: Iterable[Any]) -> str:
 def _render_item(item: Any) -> str:
     if not isinstance(item, ast.Slice):
         return str(item)
-    text = ("" if item.start is None else str(item.start)) + ":" + ("" if item.stop is None else str(item.stop))
-    return text + (f":{item.step}" if item.step is not None else "")
+    start, stop = ("" if v is None else str(v) for v in (item.start, item.stop))
+    return f"{start}:{stop}" + (f":{item.step}" if item.step is not None else "")
 
 
 def render_selector(selector: ast.Selector) -> str:
@@ -128,8 +128,9 @@ def explain_empty(sig: Any, path: ast.SelPath, part: Any, want: str) -> Diagnost
         return Diagnostic(f"'{text}' names parameters (e.g. '{module}.{name}'), not modules",
                           span=path.span, hint=f"drop the parameter name: `{module}`" if module else None)
     if want == "parameters" and modules:
+        base = render_selpath(path.model_copy(update={"classes": []}))
         return Diagnostic(f"'{text}' names modules, not parameters", span=path.span,
-                          hint=f"name a parameter, e.g. `{text.split(' is ')[0]}.weight` or `....**`")
+                          hint=f"name its parameters, e.g. `{base}.weight` or `{base}.**`")
     if unfiltered and path.classes:
         seen = Counter(sig.modules[p].cls for p in unfiltered)
         classes = {c for info in sig.modules.values() for c in info.bases}

@@ -221,12 +221,18 @@ class LoRAGroup:
         """The concatenated rank R."""
         return sum(p.rank for p in self.parts)
 
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(A, B)``: (R, in) and (out, R), B's columns scaled when coefficients differ."""
+    def factors(self, scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(A, B)``: (R, in) and (out, R).
+
+        Args:
+            scaled: Scale B's columns by their part's coefficient when the
+                coefficients differ (else ``alpha`` carries the one coefficient);
+                False gives the bare factors (per-row coefficients apply them).
+        """
         if len(self.As) == 1:
             return self.As[0], self.Bs[0]
         a = torch.cat(self.As, 0)  # (R, in)
-        if self.scaled:
+        if self.scaled and scaled:
             return a, torch.cat([b * c for b, c in zip(self.Bs, self.coefs)], 1)  # (out, R)
         return a, torch.cat(self.Bs, 1)
 
@@ -237,13 +243,17 @@ class LoRAGroup:
                                self.base.sparse)
         return F.linear(x, a)
 
-    def add_to(self, y: torch.Tensor, x: torch.Tensor, training: bool) -> torch.Tensor:
+    def add_to(self, y: torch.Tensor, x: torch.Tensor, training: bool, inplace: bool = False) -> torch.Tensor:
         """Returns ``y`` plus every part's contribution for input ``x``.
 
         Args:
             y: The output so far, (..., out).
             x: The input, (..., in) or ids.
             training: Whether dropout is on.
+            inplace: ``y`` is a fresh base output nobody else holds: add into
+                it (``addmm_``), which saves allocating and writing a second
+                output (about a third of LoRA's cost on CPU). Autograd allows
+                it: Linear, Conv1D and Embedding do not save their output.
         """
         if self.dropout and training:
             x = F.dropout(x, self.dropout, True)
@@ -252,8 +262,13 @@ class LoRAGroup:
             x = x.to(a.dtype)
         xa = self.project(x, a)  # (..., R)
         if y.dtype == a.dtype:
-            out = torch.addmm(y.reshape(-1, y.shape[-1]), xa.reshape(-1, xa.shape[-1]), b.t(),
-                              alpha=self.alpha).view(y.shape)
+            y2 = y.reshape(-1, y.shape[-1])  # (N, out)
+            xa2 = xa.reshape(-1, xa.shape[-1])  # (N, R)
+            if inplace and y.is_contiguous():  # y2 is then a view of y
+                y2.addmm_(xa2, b.t(), alpha=self.alpha)
+                out = y
+            else:
+                out = torch.addmm(y2, xa2, b.t(), alpha=self.alpha).view(y.shape)
         else:  # a half-precision base with fp32 factors: add in the factors' dtype, then cast back
             out = (y + F.linear(xa, b) * self.alpha).to(y.dtype)
         for bias, coef in self.biases:

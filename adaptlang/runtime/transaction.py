@@ -301,7 +301,7 @@ def patch_model(model: nn.Module, plan_dict: dict[str, Any], *, tokenizer: Any =
     flags = snapshot_flags(model)
     patch.tx.on_undo(lambda removing: flags.restore())
     try:
-        for _, p in flags.flags:
+        for p, _ in flags.flags:
             p.requires_grad_(False)
         _quantize_sites(patch, plan_dict)
         _add_deltas(patch, plan_dict, tokenizer, seed)

@@ -17,7 +17,7 @@ from adaptlang.errors import Span, did_you_mean
 from adaptlang.syntax import ast
 
 __all__ = [
-    "PROPERTY_TYPES", "PropType", "ValueProblem", "evaluate", "format_number",
+    "BROKEN", "PROPERTY_TYPES", "PropType", "SilentProblem", "ValueProblem", "evaluate", "format_number",
 ]
 
 
@@ -35,6 +35,24 @@ class ValueProblem(Exception):
         self.message = message
         self.span = span
         self.hint = hint
+
+
+class SilentProblem(ValueProblem):
+    """A value built on a constant already reported as broken: nothing new to say."""
+
+    def __init__(self) -> None:
+        super().__init__("depends on a broken constant", None)
+
+
+class _Broken:
+    """Stands for a constant whose definition failed (reported once, where it failed)."""
+
+    def __repr__(self) -> str:
+        return "BROKEN"
+
+
+#: The value of a broken constant in a constants mapping.
+BROKEN: Any = _Broken()
 
 
 def format_number(value: float) -> str:
@@ -61,7 +79,10 @@ def evaluate(expr: Any, constants: Mapping[str, float]) -> int | float:
         return expr.value
     if isinstance(expr, ast.Name):
         if expr.name in constants:
-            return constants[expr.name]
+            value = constants[expr.name]
+            if value is BROKEN:
+                raise SilentProblem()
+            return value
         raise ValueProblem(f"unknown constant '{expr.name}'", expr.span,
                            did_you_mean(expr.name, constants) or "define it with `let NAME = VALUE`")
     if isinstance(expr, ast.Group):
@@ -78,8 +99,7 @@ def evaluate(expr: Any, constants: Mapping[str, float]) -> int | float:
             result = left * right
         else:
             if right == 0:
-                raise ValueProblem("division by zero", expr.right.span,
-                                   f"'{_show(expr.right)}' is 0 here")
+                raise ValueProblem("division by zero", expr.right.span, f"{_show(expr.right)} is 0 here")
             result = left / right
         if isinstance(result, float) and not math.isfinite(result):
             raise ValueProblem("the result is too large", expr.span)
@@ -100,7 +120,7 @@ def _show(expr: Any) -> str:
         return expr.text
     if isinstance(expr, ast.Name):
         return expr.name
-    return "the divisor"
+    return "this divisor"
 
 
 # ---------------------------------------------------------------------------
@@ -150,14 +170,14 @@ def _int_check(minimum: int, what: str) -> Check:
 
 
 def _float_check(what: str, low: float | None, high: float | None, low_open: bool, high_open: bool,
-                 allow_percent: bool = False) -> Check:
+                 allow_percent: bool = False, percent_hint: bool = False) -> Check:
     def check(value: Any, constants: Mapping[str, float]) -> float:
         number = float(_number(value, constants, what, allow_percent))
         too_low = low is not None and (number <= low if low_open else number < low)
         too_high = high is not None and (number >= high if high_open else number > high)
         if too_low or too_high:
             hint = None
-            if allow_percent and isinstance(value, ast.Number) and 1 < number <= 100:
+            if percent_hint and isinstance(value, ast.Number) and 1 < number <= 100:
                 hint = f"for {format_number(number)} percent write {format_number(number)}%"
             raise ValueProblem(f"expected {what}, found {format_number(number)}", value.span, hint)
         return number
@@ -233,7 +253,7 @@ DROPOUT = PropType("a probability in [0, 1)",
                    _float_check("a probability in [0, 1)", 0.0, 1.0, False, True, allow_percent=True))
 DENSITY = PropType("a fraction in (0, 1] or a percentage",
                    _float_check("a fraction in (0, 1] or a percentage such as 0.5%", 0.0, 1.0, True, False,
-                                allow_percent=True))
+                                allow_percent=True, percent_hint=True))
 BOOL = PropType("true or false", _bool_check)
 PROMPT_INIT = PropType('text "...", vocab or random', _prompt_init)
 

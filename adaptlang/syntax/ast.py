@@ -122,21 +122,28 @@ Value = Union[Number, Percent, String, Name, BinOp, Neg, Group, Tagged]
 
 
 # --------------------------------------------------------------------------
-# Selectors (shared with the spec and plan layers).
+# Selectors (shared with the spec and plan layers). Each element has a
+# constant ``kind`` field so that dumps (``Spec.canonical``) tell ``*`` from
+# ``**``, which would otherwise both dump as ``{}``.
 
 
 class NamePat(Node):
     """One path segment by name; may glob within the segment (``*_proj``)."""
 
+    kind: Literal["name"] = "name"
     pattern: str
 
 
 class AnyOne(Node):
     """``*``: exactly one segment."""
 
+    kind: Literal["any_one"] = "any_one"
+
 
 class AnyMany(Node):
     """``**``: zero or more segments."""
+
+    kind: Literal["any_many"] = "any_many"
 
 
 class Slice(Node):
@@ -159,18 +166,21 @@ class Index(Node):
     counting from the end.
     """
 
+    kind: Literal["index"] = "index"
     items: list[IndexItem]
 
 
 class Role(Node):
     """``@q``, ``@layers``: a role, resolved per model family."""
 
+    kind: Literal["role"] = "role"
     name: str
 
 
 class Alt(Node):
     """``{q_proj, v_proj}``: any one of the alternatives (each a path)."""
 
+    kind: Literal["alt"] = "alt"
     options: list[list["Element"]]
 
 

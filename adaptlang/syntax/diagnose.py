@@ -104,6 +104,14 @@ class ErrorContext:
         return m.group(1) if m else ""
 
     @property
+    def key(self) -> str:
+        """The key of the property the error is in (after a ``;`` or a same-line ``{``)."""
+        start = self.block.col if self.block is not None and self.block.line == self.line else 0
+        segment = self.before[start:].split(";")[-1]
+        m = re.match(r"\s*([A-Za-z_]\w*)", segment)
+        return m.group(1) if m else self.first_word
+
+    @property
     def prev(self) -> str:
         """The last token before the error on its line, roughly."""
         m = _LAST_TOKEN.search(self.before)
@@ -165,12 +173,17 @@ def _state_id(state: Any) -> int | None:
 def make_context(exc: UnexpectedInput, text: str, file: str, start: str) -> ErrorContext:
     """Collects what the rules need from a Lark exception."""
     state = _state_id(getattr(exc, "state", None))
+
+    def block_at(pos: int) -> OpenBlock | None:
+        # A selector alone has no blocks: its braces are alternatives.
+        return find_open_block(text, pos) if start == "start" else None
+
     if isinstance(exc, UnexpectedCharacters):
         pos = exc.pos_in_stream
         line, col = exc.line, exc.column
         char = text[pos] if pos < len(text) else ""
         return ErrorContext(text, file, line, col, 1, "<char>", char,
-                            frozenset(exc.allowed or ()), state, find_open_block(text, pos), start)
+                            frozenset(exc.allowed or ()), state, block_at(pos), start)
     tok: Token = exc.token  # type: ignore[attr-defined]
     expected = frozenset(getattr(exc, "accepts", None) or getattr(exc, "expected", ()) or ())
     if tok.type == "$END":
@@ -183,7 +196,7 @@ def make_context(exc: UnexpectedInput, text: str, file: str, start: str) -> Erro
         width = 1 if tok.type == "_NL" else len(tok.value)
     kind = ";" if tok.type == "_NL" and tok.value == ";" else tok.type
     return ErrorContext(text, file, line, col, width, kind, str(tok.value), expected, state,
-                        find_open_block(text, pos), start)
+                        block_at(pos), start)
 
 
 def end_of_text(text: str) -> tuple[int, int]:
@@ -286,7 +299,7 @@ def _statement_in_block(ctx: ErrorContext) -> Diagnostic | None:
 
 
 def _unmatched_brace(ctx: ErrorContext) -> Diagnostic | None:
-    if ctx.token_type != "RBRACE" or ctx.block is not None:
+    if ctx.token_type != "RBRACE" or ctx.block is not None or ctx.start != "start":
         return None
     return Diagnostic("unmatched '}': no block is open here", span=ctx.span(),
                       hint="remove it, or check the block above for an extra '}'")

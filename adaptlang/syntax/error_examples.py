@@ -127,7 +127,7 @@ def after_value(ctx: ErrorContext) -> Result:
         return (f"one property per line: `{word}` starts a new property",
                 f"put `{word} ...` on its own line")
     if ctx.block is not None:
-        key = ctx.first_word
+        key = ctx.key
         if ctx.token_type in ("LSQB", "DOT", "LBRACE", "STAR", "STARSTAR") and key not in PLACEMENT_KEYS:
             near = did_you_mean(key, PLACEMENT_KEYS)
             return (f"`{key}` takes a value, not a selector",
@@ -146,25 +146,25 @@ def property_key(ctx: ErrorContext) -> Result:
 
 
 def property_value(ctx: ErrorContext) -> Result:
-    return (f"expected a value after `{ctx.first_word}`, found {ctx.found}",
+    return (f"expected a value after `{ctx.key}`, found {ctx.found}",
             "values are numbers, percentages, names, strings or arithmetic")
 
 
 def property_equals(ctx: ErrorContext) -> Result:
     rest = ctx.line_text[ctx.col:].strip() or "VALUE"
     return ("unexpected '=' — properties are written `KEY VALUE` without '='",
-            f"write `{ctx.first_word} {rest}`")
+            f"write `{ctx.key} {rest}`")
 
 
 def property_missing_value(ctx: ErrorContext) -> Result:
-    key = ctx.first_word
+    key = ctx.key
     if key in PLACEMENT_KEYS:
         return f"missing selector after `{key}`", f"for example `{key} layers[*].self_attn.q_proj`"
     return f"missing value for `{key}`", f"write `{key} VALUE`"
 
 
 def placement_value(ctx: ErrorContext) -> Result:
-    return (f"expected a selector after `{ctx.first_word}`, found {ctx.found}",
+    return (f"expected a selector after `{ctx.key}`, found {ctx.found}",
             "for example `layers[*].self_attn.{q_proj, v_proj}`")
 
 

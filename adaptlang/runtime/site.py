@@ -1,0 +1,400 @@
+"""``SiteModule``: one wrapper per patched module, running the active deltas around it.
+
+The wrapper keeps the original module, unchanged, as ``base`` (``remove()``
+puts that very object back) and each delta's parameters as a part in
+``parts`` (delta name -> part). One forward, for the active parts::
+
+    x  <- before-adapters(x)                     # in activation order
+    x' <- x * u                                  # IA3 feedforward factors
+    y  <- base(x')                               # W0 = W (+ sparse) (dequantized if quantized)
+    y  <- y + LoRA(x') + DoRA(x')                # one concatenated product per dropout group
+    y  <- y * v                                  # IA3 output factors
+    y  <- y + parallel-adapters(x)
+    y  <- after-adapters(y)                      # in activation order
+
+(on element 0 of a tuple output). :meth:`SiteModule.set_active` turns the
+active list into a :class:`~adaptlang.runtime.program.Program` once, so the
+forward does no per-call lookups: with plain LoRA only it is ``base(x)``
+plus one ``addmm`` per group; with nothing active it is ``base(x)``.
+
+Drop-in behaviour in HF models:
+
+* ``forward(*args, **kwargs)`` passes every argument to the base module;
+* attributes the wrapper lacks are read from the base (``weight``,
+  ``in_features``, ``nf``, ``config``...); a quantized site's ``weight`` is
+  its :class:`~adaptlang.runtime.quant.QuantizedWeight` (``shape``,
+  ``dtype``, ``dequantize()``);
+* ``state_dict()`` keeps the base's keys as they were (``q_proj.weight``,
+  not ``q_proj.base.weight``), so checkpoints of the original model still
+  load, in either direction; the parts add ``q_proj.parts.{delta}.{name}``
+  and a quantized weight is ``q_proj.quant.*`` (loading a dense
+  ``q_proj.weight`` into a quantized site quantizes it). ``named_parameters()``
+  shows the real module tree (``q_proj.base.weight``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from adaptlang.errors import Diagnostic, RuntimeApplyError, did_you_mean
+from adaptlang.runtime.adapter import build_adapter_part
+from adaptlang.runtime.ia3 import build_ia3_part
+from adaptlang.runtime.layers import describe_layer, out_in_view
+from adaptlang.runtime.lora import build_lora_part
+from adaptlang.runtime.merging import MERGEABLE_KINDS, MergeRecord, merge_parts, unmerge_parts
+from adaptlang.runtime.program import BASE_ONLY, LORA_ONLY, Program
+from adaptlang.runtime.quant import QuantizedWeight
+from adaptlang.runtime.rows import RowProgram
+from adaptlang.runtime.sparse import build_sparse_part
+
+__all__ = ["PART_KINDS", "SiteModule"]
+
+PART_KINDS = ("lora", "ia3", "adapter", "sparse")
+
+
+class SiteModule(nn.Module):
+    """A patched module: the original as ``base``, delta parts around it.
+
+    Build it with :meth:`wrap`. Attributes:
+
+    Attributes:
+        base: The original module object (never replaced; see :meth:`quantize` for its weight).
+        parts: Delta name -> part module (``LoRAPart``, ``IA3Part``, ``AdapterPart``, ``SparsePart``).
+        quant: The quantized storage of the base weight, or None.
+    """
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+        self.parts = nn.ModuleDict()
+        self.quant: QuantizedWeight | None = None
+        self._active: list[tuple[str, float]] = []
+        self._merged: MergeRecord | None = None
+        self._merged_names: frozenset[str] = frozenset()
+        self._rows: list[list[tuple[str, float]]] | None = None
+        self._prog = Program.build(base, [], None)
+        self.register_state_dict_post_hook(_put_base_keys_back)
+        self.register_load_state_dict_pre_hook(_route_base_keys)
+        # A wrapper starts in the mode of what it wraps (an eval model must not start dropping out).
+        self.training = base.training
+
+    @classmethod
+    def wrap(cls, base: nn.Module) -> "SiteModule":
+        """Returns a wrapper around ``base`` with no parts (its forward is ``base``'s)."""
+        if isinstance(base, SiteModule):
+            raise RuntimeApplyError("this module is already a site wrapper")
+        return cls(base)
+
+    def unwrap(self) -> nn.Module:
+        """Returns the base module with a plain weight in its slot.
+
+        Unmerges first. A quantized site gets a new ``weight`` Parameter
+        holding the dequantized values (in the original dtype), which
+        ``remove()`` copies into the original Parameter object.
+        """
+        if self._merged is not None:
+            self.unmerge()
+        if self.quant is not None:
+            quant = self.quant
+            self.base._parameters["weight"] = nn.Parameter(quant.dequantize(quant.dtype), requires_grad=False)
+            self.quant = None
+            self._rebuild()
+        return self.base
+
+    # ------------------------------------------------------------- parts
+    def add_part(self, delta: str, kind: str, site: dict[str, Any],
+                 generator: torch.Generator | None = None) -> nn.Module:
+        """Creates ``delta``'s part from its plan site and adds it (inactive).
+
+        Args:
+            delta: The delta's name.
+            kind: ``lora``, ``ia3``, ``adapter`` or ``sparse``.
+            site: The plan site dict (design.md, "The plan JSON").
+            generator: Seeds the part's random initial values.
+
+        Returns:
+            The part.
+
+        Raises:
+            RuntimeApplyError: Unknown kind, a delta already here, or a module
+                the delta cannot act on.
+        """
+        if delta in self.parts:
+            raise RuntimeApplyError(Diagnostic(f"delta '{delta}' already has a part at this site", obj=delta))
+        base = self.base
+        if kind == "lora":
+            dense = None if self.quant is None else out_in_view(describe_layer(base).kind, self.quant.dequantize(torch.float32))
+            part = build_lora_part(base, site, generator, weight_oi=dense)
+        elif kind == "ia3":
+            part = build_ia3_part(base, site)
+        elif kind == "adapter":
+            part = build_adapter_part(base, site, generator)
+        elif kind == "sparse":
+            part = build_sparse_part(site, self._param_values(site.get("param", "weight")), generator)
+        else:
+            raise RuntimeApplyError(Diagnostic(f"unknown site delta kind '{kind}'", obj=delta,
+                                               hint=did_you_mean(kind, PART_KINDS)))
+        part.train(self.training)
+        self.parts[delta] = part
+        return part
+
+    def _param_values(self, name: str) -> torch.Tensor:
+        """Returns the current values of a base parameter (dequantized when quantized)."""
+        if name == "weight" and self.quant is not None:
+            return self.quant.dequantize(self.quant.dtype)
+        tensor = self.base._parameters.get(name)
+        if tensor is None:
+            raise RuntimeApplyError(Diagnostic(
+                f"{type(self.base).__name__} has no parameter '{name}'",
+                hint=did_you_mean(name, [n for n, p in self.base._parameters.items() if p is not None])))
+        return tensor.detach()
+
+    def _part(self, delta: str) -> nn.Module:
+        part = self.parts[delta] if delta in self.parts else None
+        if part is None:
+            raise RuntimeApplyError(Diagnostic(f"no delta '{delta}' at this site", obj=delta,
+                                               hint=did_you_mean(delta, list(self.parts))))
+        return part
+
+    def adapter_params(self, delta: str) -> dict[str, nn.Parameter]:
+        """Returns ``delta``'s parameters here by local name (``lora_A``, ``down.weight``...)."""
+        return self._part(delta).adapter_params()
+
+    def adapter_buffers(self, delta: str) -> dict[str, torch.Tensor]:
+        """Returns ``delta``'s non-trainable state a bundle must keep (sparse ``indices``), by local name."""
+        part = self._part(delta)
+        return part.adapter_buffers() if hasattr(part, "adapter_buffers") else {}
+
+    # ----------------------------------------------------------- activity
+    @property
+    def active(self) -> list[tuple[str, float]]:
+        """The active ``(delta, weight)`` list, in order."""
+        return list(self._active)
+
+    def set_active(self, active: list[tuple[str, float]]) -> None:
+        """Activates exactly these deltas, with their weights, in this order.
+
+        Precomputes the forward program (groups, concatenation order, factors
+        to multiply); a merged site is unmerged first.
+
+        Args:
+            active: Ordered ``(delta, weight)`` pairs; deltas must have parts here.
+
+        Raises:
+            RuntimeApplyError: A delta with no part here, or one listed twice.
+        """
+        checked = []
+        for delta, weight in active:
+            self._part(delta)
+            checked.append((delta, float(weight)))
+        if len({d for d, _ in checked}) != len(checked):
+            raise RuntimeApplyError(f"a delta is listed twice in {[d for d, _ in checked]}")
+        if self._merged is not None:
+            self.unmerge()
+        self._active = checked
+        self._rows = None  # one list for every row again
+        self._rebuild()
+
+    def set_rows(self, rows: list[list[tuple[str, float]]] | None) -> None:
+        """Gives each batch row its own ordered ``(delta, weight)`` list (mixed-task batches).
+
+        Until ``set_rows(None)``, every forward must get a batch of
+        ``len(rows)`` rows (dim 0 of the main input); row ``r`` computes what
+        the site computes for it alone under ``set_active(rows[r])``
+        (:mod:`adaptlang.runtime.rows`). A merged site is unmerged first.
+
+        Args:
+            rows: Per row, the ordered ``(delta, weight)`` list (empty: base only); None returns
+                to the ``set_active`` list.
+
+        Raises:
+            RuntimeApplyError: Unknown deltas, adapters ordered differently by two rows, or a
+                sparse delta that cannot differ per row.
+        """
+        if rows is None:
+            self._rows = None
+            self._rebuild()
+            return
+        for row in rows:
+            for delta, _ in row:
+                self._part(delta)
+        if self._merged is not None:
+            self.unmerge()
+        checked = [[(d, float(w)) for d, w in row] for row in rows]
+        prog = RowProgram(self.base, self.parts, checked, self.quant)  # raises before anything changes
+        self._rows, self._prog = checked, prog
+
+    def _rebuild(self) -> None:
+        """Recomputes the forward program from the active, unmerged parts (or the per-row lists)."""
+        if self._rows is not None:
+            self._prog = RowProgram(self.base, self.parts, self._rows, self.quant)
+            return
+        entries = [(self.parts[d], w) for d, w in self._active if d not in self._merged_names]
+        self._prog = Program.build(self.base, entries, self.quant)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "SiteModule":
+        # .to()/.half() may swap tensors: the program must refer to the new ones.
+        out = super()._apply(fn, recurse)
+        self._rebuild()
+        return out
+
+    # ------------------------------------------------------------ forward
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The base module's forward with the active deltas (module docstring)."""
+        prog = self._prog
+        mode = prog.mode
+        if mode is LORA_ONLY:
+            y = prog.base(*args, **kwargs)
+            x = args[0] if args else prog.first_input(args, kwargs)
+            training = self.training
+            # The base's fresh output can take the sum in place unless a hook on it may hold it.
+            inplace = not prog.base._forward_hooks
+            for group in prog.groups:
+                y = group.add_to(y, x, training, inplace)
+            return y
+        if mode is BASE_ONLY:
+            return prog.base(*args, **kwargs)
+        return prog.run(args, kwargs, self.training)
+
+    # ------------------------------------------------------------ merging
+    @property
+    def merged(self) -> bool:
+        """True while active deltas are folded into the base weights."""
+        return self._merged is not None
+
+    def merge(self) -> None:
+        """Folds the active LoRA/DoRA, IA3 and sparse deltas into the base weights.
+
+        Adapters stay active around the merged base. No-op when merged or
+        nothing is active.
+
+        Raises:
+            RuntimeApplyError: A quantized base, only adapters active, or a
+                merge that could not be undone exactly (nothing changes).
+        """
+        if self._rows is not None:
+            raise RuntimeApplyError("cannot merge while rows run different deltas (set_rows(None) first)")
+        if self._merged is not None or not self._active:
+            return
+        if self.quant is not None:
+            raise RuntimeApplyError("cannot merge: the base weight is quantized")
+        names = [d for d, w in self._active if self.parts[d].kind in MERGEABLE_KINDS and w != 0.0]
+        if not names:
+            raise RuntimeApplyError("nothing here can merge: adapters run beside the base weights")
+        weights = dict(self._active)
+        self._merged = merge_parts(self.base, [(self.parts[d], weights[d]) for d in names])
+        self._merged_names = frozenset(names)
+        self._rebuild()
+
+    def unmerge(self) -> None:
+        """Takes merged deltas back out of the base weights (no-op when not merged)."""
+        if self._merged is None:
+            return
+        record, self._merged = self._merged, None
+        self._merged_names = frozenset()
+        unmerge_parts(record)
+        self._rebuild()
+
+    # ------------------------------------------------------- quantization
+    def quantize(self, fmt: str, block: int = 64, double: bool = True, compute: str = "float32") -> dict[str, int]:
+        """Replaces the base weight by block-wise quantized storage (``self.quant``).
+
+        The base's ``weight`` slot is emptied (the Parameter leaves
+        ``base._parameters``) and the forward dequantizes on the fly to
+        ``compute``. On ``remove()`` the transaction puts the original
+        Parameter object back: holding its original values when
+        ``apply(..., keep_base=True)`` kept them, else the dequantized values
+        (:meth:`unwrap`).
+
+        Args:
+            fmt: ``nf4`` or ``int8``.
+            block: Values per quantization block.
+            double: Quantize the per-block scales too.
+            compute: ``float32``, ``bfloat16`` or ``float16``.
+
+        Returns:
+            ``{"bytes_before", "bytes_after"}``: the weight's bytes, and the
+            quantized storage's (codes and scales).
+
+        Raises:
+            RuntimeApplyError: Not a Linear/Conv1D/Embedding, already quantized, or merged.
+        """
+        if self.quant is not None:
+            raise RuntimeApplyError("this site is already quantized")
+        if self._merged is not None:
+            raise RuntimeApplyError("unmerge before quantizing")
+        if describe_layer(self.base).kind is None:
+            raise RuntimeApplyError(Diagnostic(f"cannot quantize a {type(self.base).__name__}",
+                                               hint="quantize Linear, Conv1D or Embedding modules"))
+        weight = self.base._parameters.get("weight")
+        if weight is None:
+            raise RuntimeApplyError(f"{type(self.base).__name__} has no weight to quantize")
+        quant = QuantizedWeight(weight.detach(), fmt, block, double, compute)
+        before = weight.numel() * weight.element_size()
+        del self.base._parameters["weight"]
+        self.quant = quant
+        self._rebuild()
+        return {"bytes_before": before, "bytes_after": quant.nbytes()}
+
+    # ------------------------------------------------------- passthrough
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("__"):
+                raise
+            modules = self.__dict__.get("_modules")
+            base = modules.get("base") if modules else None
+            if base is None:
+                raise
+            if name == "weight" and modules.get("quant") is not None:
+                return modules["quant"]
+            return getattr(base, name)
+
+    def extra_repr(self) -> str:
+        active = ", ".join(f"{d}*{w:g}" if w != 1.0 else d for d, w in self._active)
+        return f"active=[{active}]" + (", merged" if self._merged is not None else "")
+
+
+def _put_base_keys_back(module: SiteModule, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """State-dict post hook: ``{prefix}base.X`` -> ``{prefix}X``, keeping the order.
+
+    Why: the original model's checkpoints (and HF ``save_pretrained``) name
+    the base's tensors without the wrapper; the site's own entries are the
+    last ones in the dict, so they are taken out and put back renamed.
+    """
+    own = []
+    for key in reversed(state_dict):
+        if not key.startswith(prefix):
+            break
+        own.append(key)
+    items = [(key, state_dict.pop(key)) for key in reversed(own)]
+    base_prefix = prefix + "base."
+    for key, value in items:
+        if key.startswith(base_prefix):
+            state_dict[prefix + key[len(base_prefix):]] = value
+    for key, value in items:
+        if not key.startswith(base_prefix):
+            state_dict[key] = value
+
+
+def _route_base_keys(module: SiteModule, state_dict: dict[str, Any], prefix: str, local_metadata: Any,
+                     strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                     error_msgs: list[str]) -> None:
+    """Load pre-hook: the inverse of :func:`_put_base_keys_back` (``{prefix}X`` -> ``{prefix}base.X``).
+
+    A dense ``{prefix}weight`` arriving at a quantized site is quantized into its storage.
+    """
+    own = (prefix + "base.", prefix + "parts.", prefix + "quant.")
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(own)]:
+        rest = key[len(prefix):]
+        value = state_dict.pop(key)
+        quant = module._modules.get("quant")
+        if rest == "weight" and quant is not None:
+            quant.store(value.to(quant.device))
+            state_dict.update({f"{prefix}quant.{n}": b for n, b in quant._buffers.items()})
+            continue
+        state_dict[prefix + "base." + rest] = value
