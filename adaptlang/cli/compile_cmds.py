@@ -12,7 +12,6 @@ a :class:`CompileOutput` after the plan is built.
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from dataclasses import dataclass, field
@@ -139,27 +138,6 @@ def build_plan(spec: Path, model: Optional[str], overrides: dict[str, float]) ->
     return compile_plan(spec, model)
 
 
-def render_table(plan: Any, width: Optional[int] = None) -> str | None:
-    """Prints (width None) or returns (as plain text) the plan summary tables."""
-    from adaptlang.cli.output import stdout_console
-    from adaptlang.cli.summary import summary_renderables
-
-    parts = summary_renderables(plan.to_dict())
-    if width is None:
-        console = stdout_console()
-        for part in parts:
-            console.print(part)
-        return None
-    from rich.console import Console
-
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width, color_system=None, highlight=False,
-                      markup=False, emoji=False)
-    for part in parts:
-        console.print(part)
-    return buffer.getvalue()
-
-
 def compile_command(
     spec: Path = typer.Argument(..., help="The .adapt spec to compile.", show_default=False),
     model: Optional[str] = typer.Option(
@@ -190,7 +168,7 @@ def compile_command(
             obj="--out"))
     plan = build_plan(spec, model, overrides)
     if fmt is OutputFormat.table:
-        text = render_table(plan, width=120) if output else render_table(plan)
+        text = plan.summary()
     elif fmt is OutputFormat.json:
         text = plan.to_json()
     else:

@@ -32,35 +32,13 @@ def load_signature(model: str) -> Any:
 def find_targets(sig: Any, selector: Any) -> list[tuple[str, Optional[str]]]:
     """Returns what ``selector`` matches: ``(module path, None)`` or ``(module path, param)``.
 
-    Uses :func:`adaptlang.plan.select.match_targets` when present (it decides
-    between modules and parameters); otherwise parameters when the selector's
-    last segment names a parameter, modules else.
+    :func:`adaptlang.plan.select.match_targets` decides between modules and
+    parameters (a last segment naming a parameter names parameters).
     """
     from adaptlang.plan import select
 
-    if hasattr(select, "match_targets"):
-        found = select.match_targets(sig, selector)
-        return [normalise_target(t) for t in found]
-    try:
-        return [(path, None) for path in select.match_modules(sig, selector)]
-    except AdaptError:
-        try:
-            params = select.match_params(sig, selector)
-        except AdaptError:
-            params = []
-        if not params:
-            raise
-        return [(path, param) for path, param in params]
-
-
-def normalise_target(target: Any) -> tuple[str, Optional[str]]:
-    """Turns a ``match_targets`` item (a path, a pair, or an object) into ``(path, param)``."""
-    if isinstance(target, str):
-        return target, None
-    if isinstance(target, tuple):
-        return str(target[0]), (None if len(target) < 2 or target[1] is None else str(target[1]))
-    path = getattr(target, "path", None) or getattr(target, "module", "")
-    return str(path), getattr(target, "param", None)
+    modules, params = select.match_targets(sig, selector)
+    return [(path, None) for path in modules] + [(path, param) for path, param in params]
 
 
 def match_table(sig: Any, targets: list[tuple[str, Optional[str]]]) -> Table:

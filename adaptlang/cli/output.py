@@ -45,6 +45,10 @@ _STYLES = (
 )
 
 
+#: Columns of tables written to a pipe or file (no terminal to fit).
+PIPE_WIDTH = 160
+
+
 def stdout_console(width: int | None = None) -> Console:
     """Returns a console on the current stdout (looked up now, so test runners work).
 
@@ -54,7 +58,12 @@ def stdout_console(width: int | None = None) -> Console:
     Returns:
         A console that never interprets markup or highlights numbers on its own.
     """
-    return Console(file=sys.stdout, highlight=False, markup=False, emoji=False, width=width)
+    console = Console(file=sys.stdout, highlight=False, markup=False, emoji=False, width=width)
+    if width is None and not console.is_terminal:
+        # Piped or captured output is read by programs and people alike: rich's
+        # default of 80 columns would cut paths and shapes short, so use more.
+        console.width = PIPE_WIDTH
+    return console
 
 
 def error_console() -> Console:

@@ -128,6 +128,8 @@ class TreeBuilder:
             first = runs[0][0]
             sub = child_path(path, first)
             label = self.label(f"{name}[{first}..{runs[0][-1]}]", sub, count=len(runs[0]))
+            if self.roles.get(path):  # the list's own roles (@layers): the label shows the child's
+                label.append("  " + " ".join(f"@{r}" for r in self.roles[path]), style="magenta")
             self.add_children(node.add(label), sub, level + 1)
             return
         list_node = node.add(self.label(name, path))

@@ -12,6 +12,7 @@ round trip.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from pathlib import Path
@@ -95,8 +96,13 @@ def resolve_signature(model: Any, name: str | None = None) -> Any:
         return model
     if hasattr(model, "named_modules"):
         return signature_of(model, name or type(model).__name__)
-    from adaptlang.plan.models import load_model
+    from adaptlang.plan.models import PRESETS, load_model
+    from adaptlang.plan.signature import load_preset_signature
 
+    if isinstance(model, str) and model in PRESETS:
+        # Presets never change: their signature is built once per process.
+        sig = load_preset_signature(model)
+        return sig if name in (None, sig.name) else dataclasses.replace(sig, name=name)
     module, loaded_name = load_model(str(model), device="meta")
     return signature_of(module, name or _portable_name(loaded_name))
 

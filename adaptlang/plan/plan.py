@@ -21,7 +21,7 @@ import networkx as nx
 from adaptlang.errors import Diagnostic, UsageError, did_you_mean
 from adaptlang.plan.schema import find_plan_inconsistencies, find_schema_errors
 
-__all__ = ["Plan", "compute_plan_sha256", "FORMAT_VERSION"]
+__all__ = ["Plan", "compute_plan_sha256", "format_term", "FORMAT_VERSION"]
 
 #: Version of the plan JSON layout (``"format"``).
 FORMAT_VERSION = 1
@@ -309,6 +309,7 @@ def _render_summary(data: dict[str, Any]) -> str:
     total = model["params"]
     lines = [f"model  {model['name']} ({model['cls']}, {model['family']}): "
              f"{total:,} parameters, {model['dtype']}",
+             f"       fingerprint {model['fingerprint'][:16]}",
              f"plan   sha256 {data['plan_sha256'][:16]}", ""]
     rows = [[name, d["kind"], str(d["site_count"]), f"{d['params']:,}", _format_share(d["params"], total)]
             for name, d in sorted(data["deltas"].items())]
@@ -322,15 +323,15 @@ def _render_summary(data: dict[str, Any]) -> str:
                       f"{_format_bytes(before)} -> {_format_bytes(after)}"]
     rows = []
     for name, task in sorted(data["tasks"].items()):
-        terms = " + ".join(_format_term(t) for t in task["deltas"])
+        terms = " + ".join(format_term(t) for t in task["deltas"])
         rows.append([name, terms, f"{task['trainable_params']:,}", f"{task['bundle_params']:,}",
                      _format_share(task["trainable_params"], total),
                      _format_bytes(task["memory"]["total_bytes"])])
-    lines += [""] + _format_table(["task", "deltas", "trainable", "bundle", "of model", "memory"], rows)
+    lines += [""] + _format_table(["task", "deltas", "trainable", "bundle", "of model", "train memory"], rows)
     return "\n".join(lines) + "\n"
 
 
-def _format_term(term: dict[str, Any]) -> str:
+def format_term(term: dict[str, Any]) -> str:
     """Writes a task term back as task-expression text: ``0.5 * attn``, ``frozen(head)``."""
     text = term["name"] if term["weight"] == 1.0 else f"{term['weight']:g} * {term['name']}"
     return f"frozen({text})" if term["frozen"] else text

@@ -26,7 +26,8 @@ from typing import Any, Iterable
 
 from adaptlang.errors import BindError, Diagnostic
 from adaptlang.plan.select_errors import (
-    excluded_all_diagnostic, explain_empty, index_diagnostic, render_selpath, role_diagnostic)
+    excluded_all_diagnostic, explain_empty, index_diagnostic, render_elements, render_selpath,
+    role_diagnostic)
 from adaptlang.syntax import ast
 
 __all__ = ["match_modules", "match_params", "match_targets", "render_selpath", "selector_matches_path"]
@@ -144,8 +145,11 @@ class _Result:
 
 
 def _evaluate(sig: Any, selector: ast.Selector, role_error: bool) -> _Result:
-    """Matches every path of ``selector``; raises for unknown roles and bad indices."""
+    """Matches every path of ``selector``; raises for unknown roles, bad indices, dead alternatives."""
     include = [_match_path(sig, p, role_error, strict=True) for p in selector.include]
+    for path, part in zip(selector.include, include):
+        if part.unfiltered or part.params:
+            _check_alternatives(sig, path, role_error)
     excluded_modules: set[str] = set()
     excluded_params: set[tuple[str, str]] = set()
     for path in selector.exclude:
@@ -153,6 +157,37 @@ def _evaluate(sig: Any, selector: ast.Selector, role_error: bool) -> _Result:
         excluded_modules |= part.modules
         excluded_params |= part.params
     return _Result(include, excluded_modules, excluded_params)
+
+
+def _check_alternatives(sig: Any, path: ast.SelPath, role_error: bool) -> None:
+    """Raises when one option of a ``{a, b}`` matches nothing while the path as a whole does.
+
+    ``{q_prj, v_proj}`` would otherwise quietly bind only ``v_proj``: a typo in
+    one alternative is the commonest selector mistake, so each option must
+    match something on its own (the rest of the path kept as written).
+    """
+    for i, el in enumerate(path.elements):
+        if not isinstance(el, ast.Alt) or len(el.options) < 2:
+            continue
+        for option in el.options:
+            variant = path.model_copy(update={
+                "elements": [*path.elements[:i], *option, *path.elements[i + 1:]],
+                "span": _span_of(option, el.span)})
+            part = _match_path(sig, variant, role_error, strict=False)
+            if not part.unfiltered and not part.params and not part.missing_role:
+                diag = explain_empty(sig, variant, part, want="modules or parameters")
+                raise BindError(diag.__class__(
+                    f"the alternative '{render_elements(option)}' in '{render_selpath(path)}' "
+                    f"matches nothing in {sig.name}",
+                    span=diag.span, hint=diag.hint, notes=diag.notes))
+
+
+def _span_of(elements: list[Any], default: Any) -> Any:
+    """The span from the first to the last of ``elements`` (``default`` when empty)."""
+    if not elements:
+        return default
+    first, last = elements[0].span, elements[-1].span
+    return first.__class__(first.file, first.line, first.col, last.end_line, last.end_col)
 
 
 def _match_path(sig: Any, path: ast.SelPath, role_error: bool, strict: bool) -> _PathResult:

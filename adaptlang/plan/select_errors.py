@@ -20,6 +20,7 @@ from adaptlang.errors import Diagnostic, did_you_mean
 from adaptlang.syntax import ast
 
 __all__ = [
+    "render_elements",
     "excluded_all_diagnostic", "explain_empty", "index_diagnostic", "render_selector",
     "render_selpath", "role_diagnostic",
 ]
@@ -30,11 +31,11 @@ _NEAREST = 5
 
 def render_selpath(path: ast.SelPath) -> str:
     """Renders one selector path back to text (``layers[-2:].{q_proj, v_proj} is Linear``)."""
-    text = ("/" if path.anchored else "") + _render_elements(path.elements)
+    text = ("/" if path.anchored else "") + render_elements(path.elements)
     return text + (" is " + " | ".join(path.classes) if path.classes else "")
 
 
-def _render_elements(elements: Iterable[Any]) -> str:
+def render_elements(elements: Iterable[Any]) -> str:
     out = ""
     for el in elements:
         if isinstance(el, ast.Index):
@@ -46,7 +47,7 @@ def _render_elements(elements: Iterable[Any]) -> str:
         elif isinstance(el, ast.Role):
             out += f"@{el.name}"
         elif isinstance(el, ast.Alt):
-            out += "{" + ", ".join(_render_elements(o) for o in el.options) + "}"
+            out += "{" + ", ".join(render_elements(o) for o in el.options) + "}"
         else:
             out += "**" if isinstance(el, ast.AnyMany) else "*"
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -29,7 +30,7 @@ def multitask_json() -> str:
 def row_of(output: str, name: str) -> str:
     """Returns the first table row whose first cell is ``name``."""
     for line in output.splitlines():
-        cells = [c.strip() for c in line.strip("│┃|").split("│")]
+        cells = re.split(r"\s{2,}", line.strip())
         if cells and cells[0] == name:
             return line
     raise AssertionError(f"no row {name!r} in:\n{output}")

@@ -13,7 +13,7 @@ from adaptlang.cli.output import (
     format_bytes, format_count, format_share, print_diagnostics, style_diagnostic, write_atomic,
 )
 from adaptlang.cli.selector_arg import SELECTOR_FILE, remap
-from adaptlang.cli.summary import term_text
+from adaptlang.plan.plan import format_term as term_text
 from adaptlang.cli.tree import compress_paths, group_runs, ranges_text
 from adaptlang.errors import Diagnostic, Span, UsageError
 
