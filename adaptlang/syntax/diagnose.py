@@ -152,7 +152,7 @@ def diagnose(exc: UnexpectedInput, text: str, file: str, start: str = "start") -
         diag = rule(ctx)
         if diag is not None:
             return diag
-    label = lookup_example(ctx)
+    label = lookup_example(ctx) or classify_by_expected(ctx)
     if label is not None:
         message, hint, *where = label(ctx)
         span = ctx.span()
@@ -341,6 +341,21 @@ def example_index() -> dict[int, list[tuple[str, str, Label]]]:
                 if state is not None:
                     index.setdefault(state, []).append((_token_key(tok.type), str(tok.value), label))
     return index
+
+
+def classify_by_expected(ctx: ErrorContext) -> Label | None:
+    """A label chosen by what the parser expected, for states no example reaches.
+
+    LALR splits one situation into several states (a property after ``{``,
+    after a newline, after ``{`` and a newline); the expected terminals are
+    the same in all of them, so they name the situation.
+    """
+    from adaptlang.syntax.error_examples import BY_EXPECTED
+
+    for test, label in BY_EXPECTED:
+        if test(ctx.expected):
+            return label
+    return None
 
 
 def lookup_example(ctx: ErrorContext) -> Label | None:

@@ -20,7 +20,7 @@ from adaptlang.syntax.ast import DELTA_KINDS, KIND_PROPERTIES, PLACEMENT_KEYS
 if TYPE_CHECKING:  # pragma: no cover
     from adaptlang.syntax.diagnose import ErrorContext
 
-__all__ = ["EXAMPLES"]
+__all__ = ["BY_EXPECTED", "EXAMPLES"]
 
 _H = "adaptlang 1\n"
 _ALL_KEYS = sorted({k for keys in KIND_PROPERTIES.values() for k in keys})
@@ -77,8 +77,11 @@ def delta_name(ctx: ErrorContext) -> Result:
 
 
 def block_open(ctx: ErrorContext) -> Result:
-    words = ctx.before.split()
-    head = " ".join(words[:2]) if words else ctx.prev
+    words = ctx.before.split("#")[0].split()
+    if not words:  # `lora a` ended its line: the head is on the line above
+        above = [l.split("#")[0].strip() for l in ctx.text.splitlines()[: ctx.line - 1]]
+        words = next((l.split() for l in reversed(above) if l), [])
+    head = " ".join(words[:2])
     return f"expected '{{' after `{head}`, found {ctx.found}", f"open the block: `{head} {{`"
 
 
@@ -215,6 +218,9 @@ def unclosed_index(ctx: ErrorContext) -> Result:
 
 
 def after_selector(ctx: ErrorContext) -> Result:
+    if ctx.block is not None and ctx.token in _ALL_KEYS:
+        return (f"one property per line: `{ctx.token}` starts a new property",
+                f"put `{ctx.token} ...` on its own line")
     if ctx.token_type == "MINUS":
         return "'-' cannot appear in a path segment", "selector segments are names, globs and indices"
     return (f"unexpected {ctx.found} in a selector",
@@ -270,7 +276,7 @@ def task_join(ctx: ErrorContext) -> Result:
 S = "start"
 EXAMPLES: list[tuple] = [
     (version, [f"adaptlang\n", "adaptlang x\n"], S),
-    (statement, [f"{_H}= 1\n", f"{_H}8\n", f"{_H}*\n", f"{_H}(\n"], S),
+    (statement, [f"{_H}= 1\n", f"{_H}8\n", f"{_H}*\n", f"{_H}(\n", "= 1\n", "\n= 1\n"], S),
     (end_of_statement, [f"{_H}model llama x\n", "adaptlang 1 2\n", f'{_H}use "a" b\n',
                         f"{_H}lora a {{\n}} x\n", f"{_H}model llama {{\n"], S),
     (model_name, [f"{_H}model\n", f"{_H}model =\n"], S),
@@ -294,7 +300,8 @@ EXAMPLES: list[tuple] = [
                   f"{_H}quantize nf4\n", f"{_H}quantize nf4 on x\n", f"{_H}quantize nf4\non x\n"], S),
     (quantize_format, [f"{_H}quantize\n", f"{_H}quantize {{\n}}\n"], S),
     # Inside a block.
-    (property_key, [_block("= 8"), _block("8"), _block("{"), _block('"x"')], S),
+    (property_key, [_block("= 8"), _block("8"), _block("{"), _block('"x"'), f"{_H}lora a {{ = 8 }}\n",
+                    f"{_H}lora a {{\n    on x\n    = 8\n}}\n", f"{_H}lora a\n{{ = 8 }}\n"], S),
     (property_value, [_block("rank :"), _block("rank ]")], S),
     (property_equals, [_block("rank = 8"), _block("on = x")], S),
     (property_missing_value, [_block("rank"), f"{_H}lora a {{ rank }}\n", _block("on"),
@@ -336,4 +343,36 @@ EXAMPLES: list[tuple] = [
     (empty_alternative, ["x.{a,}", "x.{}"], "selector_start"),
     (unclosed_alternation, ["x.{a", "x.{a b}", "x.{a,"], "selector_start"),
     (unclosed_index, ["x[0", "x[0:"], "selector_start"),
+]
+
+
+# ----------------------------------------------------------------- by expected terminals
+
+_SELECTOR_START = frozenset({"SEG", "STAR", "STARSTAR", "ROLE", "LBRACE"})
+
+
+def _after_key(ctx: ErrorContext) -> Result:
+    return placement_value(ctx) if ctx.prev in PLACEMENT_KEYS else selector_start(ctx)
+
+
+def weight_star(ctx: ErrorContext) -> Result:
+    return (f"expected '*' after the weight '{ctx.prev}', found {ctx.found}",
+            "a weight scales what follows it: `0.5 * a`")
+
+
+#: Fallbacks for states that no example reaches: (test on the expected terminals, label).
+BY_EXPECTED: list[tuple] = [
+    (lambda exp: exp == {"STAR"}, weight_star),
+    (lambda exp: {"FROZEN", "NAME", "LPAR"} <= exp, task_operand),
+    (lambda exp: {"RBRACE", "_NL"} <= exp and exp <= {"RBRACE", "_NL", "FOR"}, after_value),
+    (lambda exp: exp == {"COMMA", "RBRACE"} or exp == {"COMMA", "RBRACE", "DOT", "LSQB"}, unclosed_alternation),
+    (lambda exp: {"ON", "NAME", "RBRACE"} <= exp, property_key),
+    (lambda exp: {"LET", "TASK", "USE"} <= exp, statement),
+    (lambda exp: bool(exp) and exp <= {"_NL", "$END"}, end_of_statement),
+    (lambda exp: _SELECTOR_START <= exp and "SLASH" in exp, _after_key),
+    (lambda exp: _SELECTOR_START <= exp, segment_after_dot),
+    (lambda exp: {"DOT", "LSQB", "COMMA"} <= exp, after_selector),
+    (lambda exp: "RSQB" in exp, unclosed_index),
+    (lambda exp: {"STAR", "SLASH", "PLUS", "MINUS"} <= exp, after_operand),
+    (lambda exp: {"NUMBER", "NAME", "LPAR"} <= exp and "FROZEN" not in exp, incomplete_expression),
 ]
