@@ -67,9 +67,11 @@ def compile(spec_or_path: Any, model: Any = None, **kwargs: Any) -> "Plan":  # n
 def apply(model: Any, spec_or_plan: Any, **kwargs: Any) -> Any:
     """Patches ``model`` in place with the deltas of a spec or plan.
 
-    See :func:`adaptlang.runtime.adapted.apply`.
+    See :func:`adaptlang.runtime.adapted.apply` for the arguments. Returns a
+    :class:`~adaptlang.bundles.BundleAdapted`: the runtime's ``Adapted`` plus
+    ``save(dir)`` (one bundle per task) and ``export_peft(dir, task)``.
     """
-    from adaptlang.runtime.adapted import apply as _apply
+    from adaptlang.bundles import apply as _apply
 
     return _apply(model, spec_or_plan, **kwargs)
 

@@ -132,6 +132,22 @@ class Adapted:
                 f"unknown delta '{delta}'", obj=delta, hint=did_you_mean(delta, self._patch.delta_params)))
         return dict(params)
 
+    def delta_buffers(self, delta: str) -> dict[str, torch.Tensor]:
+        """Returns a delta's non-trainable state that a bundle must keep (sparse ``indices``).
+
+        Keys are ``"{site path}/{local name}"`` like :meth:`delta_parameters`;
+        empty for kinds without such state. Values are the live buffers.
+
+        Raises:
+            RuntimeApplyError: Unknown delta.
+        """
+        self.delta_parameters(delta)  # checks the name
+        found: dict[str, torch.Tensor] = {}
+        for path, site in self._patch.sites.items():
+            if delta in site.parts:
+                found.update({f"{path}/{name}": b for name, b in site.adapter_buffers(delta).items()})
+        return found
+
     def adapter_state_dict(self, task: str | None = None) -> dict[str, torch.Tensor]:
         """Returns a task's bundle: every parameter of its deltas (frozen ones too).
 
@@ -271,7 +287,7 @@ def activate_config(config: TaskConfig, patch: Patch) -> None:
 
 
 def apply(model: nn.Module, spec_or_plan: Any, *, task: str | None = None, tokenizer: Any = None,
-          seed: int = 0, keep_base: bool = False) -> Adapted:
+          seed: int = 0, keep_base: bool = False, adapted_cls: type[Adapted] = Adapted) -> Adapted:
     """Patches ``model`` in place with a spec's or plan's deltas and activates one task.
 
     Args:
@@ -283,6 +299,8 @@ def apply(model: nn.Module, spec_or_plan: Any, *, task: str | None = None, token
         seed: Seeds every delta's initial values (per delta and site).
         keep_base: Keep the original weights of quantized sites so that
             ``remove()`` restores them exactly.
+        adapted_cls: The class of the handle to build (a subclass of
+            :class:`Adapted`; the bundles layer adds saving and export).
 
     Returns:
         The :class:`Adapted` handle.
@@ -301,7 +319,7 @@ def apply(model: nn.Module, spec_or_plan: Any, *, task: str | None = None, token
             notes=(f"tasks: {', '.join(plan_dict['tasks'])}",)))
     first = task or next(iter(plan_dict["tasks"]))
     patch = patch_model(model, plan_dict, tokenizer=tokenizer, seed=seed, keep_base=keep_base)
-    adapted = Adapted(model, plan, patch)
+    adapted = adapted_cls(model, plan, patch)
     try:
         adapted.use(first)
     except Exception:

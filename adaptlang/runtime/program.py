@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _torch_module
 
 from adaptlang.runtime.adapter import map_main_output
 from adaptlang.runtime.ia3 import combined_factor
 from adaptlang.runtime.layers import EMBEDDING, describe_layer, first_input, out_in_view, replace_first_input, run_layer
 from adaptlang.runtime.lora import LoRAGroup
 
-__all__ = ["BASE_ONLY", "FULL", "LORA_ONLY", "Program", "run_program"]
+__all__ = ["BASE_ONLY", "FULL", "LORA_ONLY", "Program", "output_is_private", "run_program"]
 
 BASE_ONLY = "base"
 LORA_ONLY = "lora"
@@ -87,6 +88,14 @@ class Program:
         return prog
 
 
+def output_is_private(base: nn.Module) -> bool:
+    """True when no forward hook (the module's or a global one) may keep the base's output.
+
+    Why: the LoRA product is then added into that fresh output in place.
+    """
+    return not base._forward_hooks and not _torch_module._global_forward_hooks
+
+
 def _effective_tensors(prog: Program) -> dict[str, torch.Tensor]:
     """Returns the base parameters to use instead of the stored ones (dequantized, plus sparse)."""
     base = prog.base
@@ -146,10 +155,13 @@ def run_program(prog: Program, args: tuple[Any, ...], kwargs: dict[str, Any], tr
     if not (prog.groups or prog.dora or prog.ia3_out or prog.parallel or prog.after):
         return y
 
+    # In place only into a fresh layer output that DoRA does not need afterwards.
+    inplace = prog.kind is not None and not prog.dora and (tensors is not None or output_is_private(prog.base))
+
     def adapt(h: torch.Tensor) -> torch.Tensor:
         base_out = h
         for group in prog.groups:
-            h = group.add_to(h, x, training)
+            h = group.add_to(h, x, training, inplace)
         if prog.dora:
             h = _add_dora(prog, h, base_out, x, tensors, training)
         if prog.ia3_out:

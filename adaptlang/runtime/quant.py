@@ -143,7 +143,8 @@ class QuantizedWeight(nn.Module):
         if fmt not in FORMATS:
             raise RuntimeApplyError(Diagnostic(f"unknown quantization format '{fmt}'", hint=did_you_mean(fmt, FORMATS)))
         if compute not in _COMPUTE:
-            raise RuntimeApplyError(Diagnostic(f"unknown compute dtype '{compute}'", hint=did_you_mean(compute, _COMPUTE)))
+            raise RuntimeApplyError(Diagnostic(f"unknown compute dtype '{compute}'",
+                                               hint=did_you_mean(compute, _COMPUTE)))
         if int(block) < 1:
             raise RuntimeApplyError(f"quantization block must be positive, got {block}")
         self.fmt, self.block, self.double = fmt, int(block), bool(double)
@@ -216,10 +217,22 @@ class QuantizedWeight(nn.Module):
 
     def nbytes(self) -> int:
         """Returns the bytes of the quantized storage (codes and scales)."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
+        total = sum(b.numel() * b.element_size() for b in self.buffers())
+        state = self._bnb_state
+        if state is not None:  # bitsandbytes keeps the scales in its QuantState
+            nested = getattr(state, "state2", None)
+            for tensor in (state.absmax, getattr(state, "offset", None), getattr(nested, "absmax", None)):
+                if isinstance(tensor, torch.Tensor):
+                    total += tensor.numel() * tensor.element_size()
+        return total
 
     def _store_bnb(self, weight: torch.Tensor) -> None:
-        """NF4 through bitsandbytes' CUDA kernels (same format as the reference path)."""
+        """NF4 through bitsandbytes' CUDA kernels (same format as the reference path).
+
+        The scales stay in bitsandbytes' ``QuantState`` (not a buffer): such a
+        site's ``state_dict()`` holds the packed codes only, and ``.to()`` does
+        not move the state.
+        """
         import bitsandbytes.functional as bnbf
 
         packed, state = bnbf.quantize_4bit(weight.detach().contiguous(), blocksize=self.block,

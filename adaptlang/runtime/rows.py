@@ -29,7 +29,9 @@ from torch import nn
 
 from adaptlang.errors import RuntimeApplyError
 from adaptlang.runtime.adapter import map_main_output
-from adaptlang.runtime.layers import EMBEDDING, describe_layer, first_input, module_device, replace_first_input, run_layer
+from adaptlang.runtime.layers import (
+    EMBEDDING, describe_layer, first_input, module_device, replace_first_input, run_layer,
+)
 from adaptlang.runtime.lora import LoRAGroup
 from adaptlang.runtime.program import FULL, _add_dora, _effective_tensors, _run_base
 

@@ -42,13 +42,14 @@ from torch import nn
 from adaptlang.errors import Diagnostic, RuntimeApplyError, did_you_mean
 from adaptlang.runtime.adapter import build_adapter_part
 from adaptlang.runtime.ia3 import build_ia3_part
-from adaptlang.runtime.layers import describe_layer, out_in_view
+from adaptlang.runtime.layers import describe_layer, module_device, out_in_view
 from adaptlang.runtime.lora import build_lora_part
 from adaptlang.runtime.merging import MERGEABLE_KINDS, MergeRecord, merge_parts, unmerge_parts
-from adaptlang.runtime.program import BASE_ONLY, LORA_ONLY, Program
+from adaptlang.runtime.program import BASE_ONLY, LORA_ONLY, Program, output_is_private
 from adaptlang.runtime.quant import QuantizedWeight
 from adaptlang.runtime.rows import RowProgram
 from adaptlang.runtime.sparse import build_sparse_part
+from adaptlang.runtime.state_keys import put_base_keys_back, route_base_keys
 
 __all__ = ["PART_KINDS", "SiteModule"]
 
@@ -58,7 +59,7 @@ PART_KINDS = ("lora", "ia3", "adapter", "sparse")
 class SiteModule(nn.Module):
     """A patched module: the original as ``base``, delta parts around it.
 
-    Build it with :meth:`wrap`. Attributes:
+    Build it with :meth:`wrap`.
 
     Attributes:
         base: The original module object (never replaced; see :meth:`quantize` for its weight).
@@ -76,8 +77,8 @@ class SiteModule(nn.Module):
         self._merged_names: frozenset[str] = frozenset()
         self._rows: list[list[tuple[str, float]]] | None = None
         self._prog = Program.build(base, [], None)
-        self.register_state_dict_post_hook(_put_base_keys_back)
-        self.register_load_state_dict_pre_hook(_route_base_keys)
+        self.register_state_dict_post_hook(put_base_keys_back)
+        self.register_load_state_dict_pre_hook(route_base_keys)
         # A wrapper starts in the mode of what it wraps (an eval model must not start dropping out).
         self.training = base.training
 
@@ -126,7 +127,9 @@ class SiteModule(nn.Module):
             raise RuntimeApplyError(Diagnostic(f"delta '{delta}' already has a part at this site", obj=delta))
         base = self.base
         if kind == "lora":
-            dense = None if self.quant is None else out_in_view(describe_layer(base).kind, self.quant.dequantize(torch.float32))
+            dense = None
+            if self.quant is not None:  # DoRA's magnitude starts from the weight in use
+                dense = out_in_view(describe_layer(base).kind, self.quant.dequantize(torch.float32))
             part = build_lora_part(base, site, generator, weight_oi=dense)
         elif kind == "ia3":
             part = build_ia3_part(base, site)
@@ -137,6 +140,8 @@ class SiteModule(nn.Module):
         else:
             raise RuntimeApplyError(Diagnostic(f"unknown site delta kind '{kind}'", obj=delta,
                                                hint=did_you_mean(kind, PART_KINDS)))
+        if self.quant is not None and self.quant.device != module_device(part):
+            part.to(self.quant.device)  # a quantized base may have no tensor left to take the device from
         part.train(self.training)
         self.parts[delta] = part
         return part
@@ -250,8 +255,8 @@ class SiteModule(nn.Module):
             y = prog.base(*args, **kwargs)
             x = args[0] if args else prog.first_input(args, kwargs)
             training = self.training
-            # The base's fresh output can take the sum in place unless a hook on it may hold it.
-            inplace = not prog.base._forward_hooks
+            # The base's fresh output can take the sum in place unless a hook may hold it.
+            inplace = output_is_private(prog.base)
             for group in prog.groups:
                 y = group.add_to(y, x, training, inplace)
             return y
@@ -354,47 +359,16 @@ class SiteModule(nn.Module):
                 return modules["quant"]
             return getattr(base, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Assigning a parameter the base owns (HF's tie_weights: ``lm_head.weight = wte.weight``)
+        # goes to the base, where the forward reads it, not onto the wrapper.
+        if isinstance(value, nn.Parameter) and name not in self._parameters:
+            base = self._modules.get("base")
+            if base is not None and name in base._parameters:
+                setattr(base, name, value)
+                return
+        super().__setattr__(name, value)
+
     def extra_repr(self) -> str:
         active = ", ".join(f"{d}*{w:g}" if w != 1.0 else d for d, w in self._active)
         return f"active=[{active}]" + (", merged" if self._merged is not None else "")
-
-
-def _put_base_keys_back(module: SiteModule, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    """State-dict post hook: ``{prefix}base.X`` -> ``{prefix}X``, keeping the order.
-
-    Why: the original model's checkpoints (and HF ``save_pretrained``) name
-    the base's tensors without the wrapper; the site's own entries are the
-    last ones in the dict, so they are taken out and put back renamed.
-    """
-    own = []
-    for key in reversed(state_dict):
-        if not key.startswith(prefix):
-            break
-        own.append(key)
-    items = [(key, state_dict.pop(key)) for key in reversed(own)]
-    base_prefix = prefix + "base."
-    for key, value in items:
-        if key.startswith(base_prefix):
-            state_dict[prefix + key[len(base_prefix):]] = value
-    for key, value in items:
-        if not key.startswith(base_prefix):
-            state_dict[key] = value
-
-
-def _route_base_keys(module: SiteModule, state_dict: dict[str, Any], prefix: str, local_metadata: Any,
-                     strict: bool, missing_keys: list[str], unexpected_keys: list[str],
-                     error_msgs: list[str]) -> None:
-    """Load pre-hook: the inverse of :func:`_put_base_keys_back` (``{prefix}X`` -> ``{prefix}base.X``).
-
-    A dense ``{prefix}weight`` arriving at a quantized site is quantized into its storage.
-    """
-    own = (prefix + "base.", prefix + "parts.", prefix + "quant.")
-    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(own)]:
-        rest = key[len(prefix):]
-        value = state_dict.pop(key)
-        quant = module._modules.get("quant")
-        if rest == "weight" and quant is not None:
-            quant.store(value.to(quant.device))
-            state_dict.update({f"{prefix}quant.{n}": b for n, b in quant._buffers.items()})
-            continue
-        state_dict[prefix + "base." + rest] = value

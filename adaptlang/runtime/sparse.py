@@ -138,7 +138,8 @@ def build_sparse_part(site: dict[str, Any], tensor: torch.Tensor, generator: tor
     """
     shape = tuple(tensor.shape)
     if "shape" in site and tuple(site["shape"]) != shape:
-        raise RuntimeApplyError(f"parameter '{site.get('param')}' has shape {shape}, the plan says {tuple(site['shape'])}")
+        raise RuntimeApplyError(
+            f"parameter '{site.get('param')}' has shape {shape}, the plan says {tuple(site['shape'])}")
     k = int(site["k"]) if "k" in site else count_entries(site.get("density", 0.005), tensor.numel())
     if "seed" in site:
         # The site's own seed (plus its path) decides random positions, as the spec says.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lark import Token, Transformer, Tree, v_args
+from lark import Token, Transformer, v_args
 from lark.tree import Meta
 
 from adaptlang.errors import Diagnostic, Span, SpecError
@@ -256,8 +256,3 @@ class AstBuilder(Transformer):
     def task_group(self, meta: Meta, children: list[Any]) -> ast.TaskGroup:
         lpar, inner, rpar = children
         return ast.TaskGroup(span=self.join(lpar, rpar), inner=inner)
-
-
-def is_tree(value: Any) -> bool:
-    """Whether ``value`` is an untransformed Lark tree (a rule the builder missed)."""
-    return isinstance(value, Tree)

@@ -38,6 +38,7 @@ _TERMINAL_WORDS = {
 
 _STATEMENT_START = re.compile(
     r"\s*(?:(?:adaptlang|model|let|use|task|quantize)\b|[A-Za-z_]\w*\s+[A-Za-z_]\w*\s*\{)")
+_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"?')
 _LAST_TOKEN = re.compile(r"([A-Za-z0-9_@.%]+|\S)\s*$")
 
 
@@ -184,7 +185,9 @@ def make_context(exc: UnexpectedInput, text: str, file: str, start: str) -> Erro
         char = text[pos] if pos < len(text) else ""
         return ErrorContext(text, file, line, col, 1, "<char>", char,
                             frozenset(exc.allowed or ()), state, block_at(pos), start)
-    tok: Token = exc.token  # type: ignore[attr-defined]
+    tok: Token | None = getattr(exc, "token", None)
+    if tok is None or tok.type in ("<EOF>", "$END"):  # UnexpectedEOF carries no usable token
+        tok = Token("$END", "")
     expected = frozenset(getattr(exc, "accepts", None) or getattr(exc, "expected", ()) or ())
     if tok.type == "$END":
         line, col = end_of_text(text)
@@ -214,7 +217,7 @@ def find_open_block(text: str, pos: int) -> OpenBlock | None:
     while i < pos:
         ch = text[i]
         if ch == '"':
-            m = re.compile(r'"(?:[^"\\\n]|\\.)*"?').match(text, i)
+            m = _STRING.match(text, i)
             i = m.end() if m else i + 1
             continue
         if ch == "#":
@@ -255,7 +258,6 @@ _CHAR_HINTS = {
     "'": ("strings are written in double quotes", 'write "..." instead of \'...\''),
     "@": ("a role is written `@NAME`", "for example `@q`, `@mlp`, `@layers[-2:]`"),
     "%": ("a percentage is a number followed by '%'", "for example `density 0.5%`"),
-    "\t": ("unexpected tab", None),
 }
 
 

@@ -172,11 +172,18 @@ def place_comments(lines: list[Line], comments: list[ast.Comment], src_lines: li
         if hosts:
             # `rank 8 }  # c`: the comment is about the property, not the brace.
             host = next((h for h in reversed(hosts) if not h.closes), hosts[-1])
-        else:  # code on this line but no line of ours starts here (a lone `{`): the code above
-            host = max((l for l in lines if l.src < comment.span.line), key=lambda l: l.src, default=lines[0])
-        host.comment = f"{host.comment}  {comment.text}" if host.comment else comment.text
-        if not host.comment_col:
-            host.comment_col = comment.span.col
+        else:
+            # Code on this line, but none of our lines starts here (a lone `{` or `;`): join the
+            # line above unless own-line comments sit in between (their order must not change).
+            host = max((l for l in lines if l.src < comment.span.line), key=lambda l: l.src)
+            if any(c.span.line > host.src for c in own):
+                own.append(comment)
+                last_trailing = None
+                continue
+        if host.comment is not None:  # a second trailing comment for one line: keep it below the first
+            host.continuations.append(comment.text)
+        else:
+            host.comment, host.comment_col = comment.text, comment.span.col
             code = src_lines[comment.span.line - 1][: comment.span.col - 1]
             host.comment_gap = len(code) - len(code.rstrip())
         last_trailing = (comment.span.line, comment.span.col, host)

@@ -149,3 +149,29 @@ def test_ia3_on_any_module_output_and_errors():
         SiteModule.wrap(nn.Embedding(5, 4)).add_part("e", "ia3", {"feedforward": True}, None)
     with pytest.raises(RuntimeApplyError, match="out_features"):
         SiteModule.wrap(nn.Linear(4, 4)).add_part("e", "ia3", {"out_features": 5}, None)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+def test_merge_with_lora_dora_and_sparse_at_one_site(kind, make_site):
+    # merging.py's closed form: W' = v * (g * W0 + K) * u, b' = v * (b0 + ...), all folded at once.
+    site = make_site(kind, o=False, f=True)
+    gen = torch.Generator().manual_seed(9)
+    lora = {"in_features": IN, "out_features": OUT, "rank": 3, "alpha": 6.0}
+    site.add_part("l", "lora", dict(lora, bias=True), gen)
+    site.add_part("d", "lora", dict(lora, variant="dora"), gen)
+    shape = list(site.base.weight.shape)
+    site.add_part("s", "sparse", {"param": "weight", "shape": shape, "k": 15, "select": "magnitude"}, gen)
+    with torch.no_grad():
+        for name in ("l", "d", "s"):
+            for p in site.parts[name].parameters():
+                p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    site.set_active([("o", 0.5), ("l", 1.0), ("f", 1.0), ("d", 0.7), ("s", 2.0)])
+    x = make_x()
+    unmerged = site(x)
+    before = {k: v.clone() for k, v in site.base.state_dict().items()}
+    site.merge()
+    torch.testing.assert_close(site(x), unmerged, atol=1e-5, rtol=1e-5)
+    site.unmerge()
+    for key, value in site.base.state_dict().items():
+        torch.testing.assert_close(value, before[key], atol=1e-6, rtol=0)
+    torch.testing.assert_close(site(x), unmerged, atol=1e-6, rtol=1e-6)

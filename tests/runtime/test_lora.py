@@ -312,3 +312,19 @@ def test_bad_lora_options_are_errors(make_site):
         make_site(make_base("linear"), a={"in_features": IN + 1})
     with pytest.raises(RuntimeApplyError, match="LayerNorm"):
         make_site(nn.LayerNorm(IN), a={})
+
+
+def test_half_precision_base_keeps_fp32_factors(make_site):
+    base = make_base("linear").to(torch.bfloat16)
+    site = make_site(base, a={}, b={"variant": "dora"})
+    randomize(site)
+    assert all(p.dtype == torch.float32 for p in site.parts.parameters())  # as PEFT's autocast_adapter_dtype
+    x = make_input("linear").detach().to(torch.bfloat16)
+    site.set_active([("a", 1.0), ("b", 1.0)])
+    out = site(x)
+    assert out.dtype == torch.bfloat16
+    # Reference in fp32 from the same (bf16) base values.
+    ref_site = make_site(copy.deepcopy(base).float(), a={}, b={"variant": "dora"})
+    ref_site.load_state_dict(site.state_dict())
+    ref_site.set_active([("a", 1.0), ("b", 1.0)])
+    torch.testing.assert_close(out.float(), ref_site(x.float()), atol=3e-2, rtol=3e-2)

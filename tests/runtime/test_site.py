@@ -99,6 +99,9 @@ def test_attributes_pass_through(rt):
     assert site.nf == conv.nf == 96 and site.weight is conv.weight
     lin = SiteModule.wrap(nn.Linear(4, 3))
     assert (lin.in_features, lin.out_features) == (4, 3) and lin.bias is lin.base.bias
+    tied = nn.Parameter(torch.zeros(3, 4))
+    lin.weight = tied  # as HF's tie_weights does: the base's slot gets it
+    assert lin.base.weight is tied and "weight" not in lin._parameters
     with pytest.raises(AttributeError):
         lin.no_such_attribute  # noqa: B018
 
@@ -121,6 +124,22 @@ def test_inactive_parts_cost_nothing_and_modes():
         site.set_active([("aa", 1.0)])
     with pytest.raises(RuntimeApplyError, match="already has a part"):
         site.add_part("a", "lora", {"rank": 2}, None)
+
+
+def test_a_hook_on_the_base_sees_its_own_output():
+    base = nn.Linear(8, 8)
+    site = SiteModule.wrap(base)
+    site.add_part("a", "lora", {"rank": 2}, None)
+    with torch.no_grad():
+        site.parts["a"].lora_B.fill_(1.0)
+    site.set_active([("a", 1.0)])
+    seen = []
+    base.register_forward_hook(lambda module, args, output: seen.append(output))
+    x = torch.randn(3, 8)
+    y = site(x)
+    # The LoRA sum is not written into the tensor the hook kept.
+    torch.testing.assert_close(seen[0], nn.functional.linear(x, base.weight, base.bias), atol=0, rtol=0)
+    assert not torch.allclose(y, seen[0])
 
 
 def test_state_dict_keeps_the_base_keys(rt):
@@ -180,7 +199,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(rt):
     checkpointed = grads_of(model, batch, checkpointing=True)
     assert model.model.layers[0].gradient_checkpointing
     assert set(checkpointed) == set(plain)
-    assert any(".parts.d.lora_B" in n for n in plain) and any(".parts.d.up.weight" in n for n in plain)
+    # Every B and up-projection (the factors that start at zero) got a gradient.
+    names = {id(p): n for n, p in model.named_parameters()}
+    started_at_zero = [part.lora_B if part.kind == "lora" else part.up.weight
+                       for m in model.modules() if isinstance(m, SiteModule)
+                       for part in m.parts.values() if part.kind in ("lora", "adapter")]
+    assert len(started_at_zero) == 6 and all(names[id(p)] in plain for p in started_at_zero)
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, atol=1e-6, rtol=1e-5, msg=name)
 

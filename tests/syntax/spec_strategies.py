@@ -220,7 +220,8 @@ def layout(draw, stmts: list[tuple[str, object]]) -> str:
             text += draw(join(body)) + draw(line_end())
             continue
         head, props = body
-        text += draw(join(head)) + draw(st.sampled_from([" {", "{", "\n{", " {"]))
+        text += draw(join(head))
+        text += draw(st.sampled_from([" {", "{"])) if draw(st.integers(0, 3)) else draw(line_end()) + "{"
         first_inline = bool(props) and draw(st.booleans())
         text += " " if first_inline else draw(line_end())
         for i, prop in enumerate(props):

@@ -135,6 +135,18 @@ def test_comment_continuation_lines_stay_aligned():
     assert format_text(out) == out
 
 
+def test_brace_on_the_next_line_keeps_both_comments_in_order():
+    source = "adaptlang 1\nlora a  # about a\n{  # brace\n    on q\n}\n"
+    out = format_text(source)
+    assert out == "adaptlang 1\n\nlora a {  # about a\n          # brace\n    on      q\n}\n"
+    assert format_text(out) == out
+    assert comment_texts(out) == ["# about a", "# brace"]
+    between = "adaptlang 1\nlora a  # about a\n# own line\n{  # brace\n    on q\n}\n"
+    out = format_text(between)
+    assert comment_texts(out) == ["# about a", "# own line", "# brace"]
+    assert format_text(out) == out
+
+
 def test_blank_lines_collapse_and_groups_separate():
     source = "adaptlang 1\n\n\n\nlet a = 1\nlet b = 2\n\n\n\nlet c = 3\ntask t = x\nlora x { on q }\n"
     assert format_text(source) == (

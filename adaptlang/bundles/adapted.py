@@ -1,0 +1,174 @@
+"""The user-facing :class:`BundleAdapted`: the runtime's ``Adapted`` plus saving and PEFT export.
+
+``adaptlang.apply`` and ``adaptlang.load`` return this class. The runtime
+never imports this layer; it builds the handle through ``apply(...,
+adapted_cls=BundleAdapted)``, and this layer records what a bundle needs
+beyond the runtime's state: the spec source (provenance) per task and the
+base model's structure, read before any module was wrapped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from adaptlang.bundles.bundle import TASK_NAME, build_bundle, write_bundles
+from adaptlang.bundles.manifest import Provenance, describe_structure, restrict_plan
+from adaptlang.errors import Diagnostic, UsageError, did_you_mean
+from adaptlang.runtime.adapted import Adapted
+from adaptlang.runtime.adapted import apply as runtime_apply
+
+__all__ = ["BundleAdapted", "apply_with_provenance"]
+
+
+class BundleAdapted(Adapted):
+    """An :class:`~adaptlang.runtime.adapted.Adapted` that can save bundles and export PEFT adapters.
+
+    Attributes:
+        load_report: For a handle from ``adaptlang.load``: what was shared,
+            renamed or (with ``strict=False``) skipped; empty otherwise.
+    """
+
+    def __init__(self, model: nn.Module, plan: Any, patch: Any):
+        super().__init__(model, plan, patch)
+        self._provenance: dict[str, Provenance] = {}
+        self._structure: dict[str, str] = {}
+        self.load_report: dict[str, list[str]] = {}
+
+    def _set_origin(self, provenance: dict[str, Provenance], structure: dict[str, str]) -> None:
+        """Records each task's provenance and the unpatched model's structure."""
+        self._provenance = dict(provenance)
+        self._structure = dict(structure)
+
+    def provenance(self, task: str) -> Provenance:
+        """Returns where a task came from (spec source, whole plan's sha256)."""
+        self._config(task)
+        return self._provenance.get(task) or Provenance(None, {}, {}, self.plan.sha256)
+
+    def task_plan(self, task: str) -> dict[str, Any]:
+        """Returns the plan JSON dict restricted to ``task`` (what its bundle embeds)."""
+        from adaptlang.plan.plan import Plan
+
+        self._config(task)
+        return Plan(restrict_plan(self.plan.to_dict(), [task])).to_dict()
+
+    def bundle_tensors(self, task: str) -> dict[str, torch.Tensor]:
+        """Returns everything a task's bundle stores: its deltas' parameters, and sparse positions.
+
+        Keys are ``"{delta}/{site path}/{local name}"``; values share storage.
+        """
+        tensors = self.adapter_state_dict(task)
+        for delta in self._config(task).deltas:
+            tensors.update({f"{delta}/{k}": b for k, b in self.delta_buffers(delta).items()})
+        return tensors
+
+    def save(self, folder: str | Path, tasks: Iterable[str] | None = None,
+             dtype: torch.dtype | None = None) -> list[Path]:
+        """Writes one self-describing bundle per task: ``folder/<task>.safetensors``.
+
+        Every file is written to a temporary next to it and renamed into place
+        only once all of them are written, so a failure leaves the previous
+        files as they were.
+
+        Args:
+            folder: Created if missing.
+            tasks: Which tasks (default: all, in declaration order).
+            dtype: Store floating tensors in this dtype (``torch.bfloat16``
+                halves the files); loading casts back to the model's.
+
+        Returns:
+            The bundle paths, one per task, in order.
+
+        Raises:
+            UsageError: An unknown task.
+            BundleError: The folder cannot be written.
+        """
+        from adaptlang import __version__
+
+        self._check_live()
+        names = list(self.tasks if tasks is None else tasks)
+        for task in names:
+            if task not in self.tasks:
+                raise UsageError(Diagnostic(f"unknown task '{task}'", obj=task, hint=did_you_mean(task, self.tasks),
+                                            notes=(f"tasks: {', '.join(self.tasks)}",)))
+            if not TASK_NAME.match(task):
+                raise UsageError(Diagnostic(f"task name '{task}' cannot be a file name", obj=task))
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        bundles = [
+            build_bundle(folder / f"{task}.safetensors", task, self.task_plan(task), self.bundle_tensors(task),
+                         self.provenance(task), self._structure, __version__, dtype)
+            for task in names
+        ]
+        return write_bundles(bundles)
+
+    def export_peft(self, folder: str | Path, task: str | None = None, base_model: str | None = None) -> Path:
+        """Writes a task as a PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``).
+
+        Args:
+            folder: The adapter folder (created if missing).
+            task: The task (default: the active one).
+            base_model: ``base_model_name_or_path`` in the config (default:
+                the plan's model name).
+
+        Returns:
+            The folder.
+
+        Raises:
+            BundleError: A task PEFT cannot express, naming the deltas at fault.
+        """
+        from adaptlang.bundles.peft_export import export_peft_adapter
+
+        self._check_live()
+        task = task or self.active_task
+        tensors = {k: v.detach().to("cpu") for k, v in self.bundle_tensors(task).items()}
+        return export_peft_adapter(self.task_plan(task), task, tensors, Path(folder), structure=self._structure,
+                                   base_model=base_model)
+
+
+def _spec_of(spec_or_plan: Any, overrides: dict[str, float] | None) -> Any:
+    """Returns the checked Spec when given spec text, a path or a Spec; None for a plan."""
+    from adaptlang.plan.compiler import load_spec_for_compile
+    from adaptlang.plan.plan import Plan
+    from adaptlang.spec.model import Spec
+
+    if isinstance(spec_or_plan, Plan):
+        return None
+    if isinstance(spec_or_plan, (str, Path)) and str(spec_or_plan).endswith(".json"):
+        return None
+    if isinstance(spec_or_plan, Spec) and not overrides:
+        return spec_or_plan
+    return load_spec_for_compile(spec_or_plan, overrides)
+
+
+def apply_with_provenance(model: nn.Module, spec_or_plan: Any, *, overrides: dict[str, float] | None = None,
+                          **kwargs: Any) -> BundleAdapted:
+    """``adaptlang.apply`` for users: patches ``model`` and remembers the spec for bundles.
+
+    Args:
+        model: The model, patched in place.
+        spec_or_plan: A spec path, spec text, a ``Spec``, a ``Plan`` or a plan JSON file.
+        overrides: ``let`` constants to replace (as ``adaptc compile --set``).
+        **kwargs: ``task``, ``tokenizer``, ``seed``, ``keep_base`` (see
+            :func:`adaptlang.runtime.adapted.apply`).
+
+    Returns:
+        The :class:`BundleAdapted`.
+    """
+    from adaptlang.plan.signature import signature_of
+    from adaptlang.runtime.transaction import check_not_adapted
+
+    check_not_adapted(model)
+    spec = _spec_of(spec_or_plan, overrides)
+    structure = describe_structure(signature_of(model))
+    adapted = runtime_apply(model, spec if spec is not None else spec_or_plan, adapted_cls=BundleAdapted, **kwargs)
+    assert isinstance(adapted, BundleAdapted)
+    provenance = {}
+    if spec is not None:
+        origin = Provenance.from_spec(spec, adapted.plan.sha256, overrides)
+        provenance = {task: origin for task in adapted.tasks}
+    adapted._set_origin(provenance, structure)
+    return adapted

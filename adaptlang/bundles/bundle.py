@@ -1,0 +1,235 @@
+"""One task's bundle: building it from tensors and a plan, writing it, reading and checking it.
+
+:func:`read_bundle` trusts nothing in the file: the safetensors header is
+checked by :mod:`adaptlang.bundles.files`; then the manifest (format version,
+fields, the task plan's own sha256 and schema, the spec source against its
+sha256), then the tensors against the plan (exactly the keys, shapes and
+kinds of values the plan implies), then each tensor's bytes against its
+sha256, then sparse positions (sorted, distinct, in range). Any failure is a
+:class:`~adaptlang.errors.BundleError` naming the file; nothing is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptlang.bundles.files import read_header, read_tensors, tensor_sha256, write_files, write_safetensors
+from adaptlang.bundles.manifest import (
+    BUNDLE_FORMAT, MANIFEST_KEY, Provenance, check_manifest_fields, expected_bundle, manifest_json, sha256_text,
+    split_key,
+)
+from adaptlang.errors import AdaptError, BundleError, Diagnostic
+
+__all__ = ["Bundle", "build_bundle", "read_bundle", "read_manifest", "write_bundles", "TASK_NAME"]
+
+#: Task names are identifiers, so ``<task>.safetensors`` is always a plain file name.
+TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass
+class Bundle:
+    """A task's bundle, in memory.
+
+    Attributes:
+        path: The file it was read from (or will be written to).
+        manifest: The manifest dict.
+        tensors: Key ``"{delta}/{site path}/{local name}"`` -> tensor (CPU).
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def task(self) -> str:
+        """The task's name."""
+        return self.manifest["task"]
+
+    @property
+    def task_plan(self) -> dict[str, Any]:
+        """The plan JSON dict restricted to this task (a copy)."""
+        return json.loads(json.dumps(self.manifest["task_plan"]))
+
+    @property
+    def provenance(self) -> Provenance:
+        """Where the task came from."""
+        return Provenance.from_manifest(self.manifest)
+
+    @property
+    def structure(self) -> dict[str, str]:
+        """The base model's modules as recorded (see ``describe_structure``)."""
+        return dict(self.manifest["model"].get("structure", {}))
+
+    def delta_tensors(self, delta: str) -> dict[str, torch.Tensor]:
+        """Returns one delta's tensors, keyed as in the bundle."""
+        return {k: v for k, v in self.tensors.items() if split_key(k)[0] == delta}
+
+
+def build_bundle(path: Path, task: str, task_plan: dict[str, Any], tensors: dict[str, torch.Tensor],
+                 provenance: Provenance, structure: dict[str, str], version: str,
+                 dtype: torch.dtype | None = None) -> Bundle:
+    """Assembles a bundle: tensors (floating ones cast to ``dtype``) and their manifest.
+
+    Args:
+        path: Where it will be written.
+        task: The task.
+        task_plan: The plan JSON dict restricted to the task (with its ``plan_sha256``).
+        tensors: Its deltas' parameters and buffers, keyed as in the bundle.
+        provenance: Spec source and the whole plan's sha256.
+        structure: The base model's modules (``describe_structure``).
+        version: The adaptlang version writing it.
+        dtype: Store floating tensors in this dtype (e.g. ``torch.bfloat16``); None keeps theirs.
+    """
+    stored = {}
+    for key in sorted(tensors):
+        value = tensors[key].detach().to("cpu")
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        stored[key] = value.contiguous()
+    model = dict(task_plan["model"])
+    model["structure"] = dict(structure)
+    manifest = {
+        "bundle_format": BUNDLE_FORMAT,
+        "adaptlang_version": version,
+        "task": task,
+        "spec": provenance.spec_section(),
+        "plan_sha256": provenance.plan_sha256,
+        "task_plan": task_plan,
+        "model": model,
+        "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+        "tensors": {key: tensor_sha256(value) for key, value in stored.items()},
+    }
+    return Bundle(path, manifest, stored)
+
+
+def write_bundles(bundles: list[Bundle]) -> list[Path]:
+    """Writes bundles atomically, all or none (see :func:`~adaptlang.bundles.files.write_files`)."""
+    jobs = []
+    for bundle in bundles:
+        metadata = {"format": "pt", MANIFEST_KEY: manifest_json(bundle.manifest)}
+        jobs.append((bundle.path, lambda handle, b=bundle, m=metadata: write_safetensors(handle, b.tensors, m)))
+    return write_files(jobs)
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    """Reads and checks a bundle's manifest only (header, fields, task plan, spec hashes).
+
+    Raises:
+        BundleError: Not a safetensors file, not an adaptlang bundle, or a
+            manifest that is malformed or does not match its own hashes.
+    """
+    header = read_header(path)
+    return _checked_manifest(header)
+
+
+def read_bundle(path: Path | str) -> Bundle:
+    """Reads a bundle and checks everything in it (module docstring).
+
+    Raises:
+        BundleError: Naming the file and what is wrong with it.
+    """
+    header = read_header(path)
+    manifest = _checked_manifest(header)
+    where = str(header.path)
+    plan = manifest["task_plan"]
+    expected = expected_bundle(plan, [t["name"] for t in plan["tasks"][manifest["task"]]["deltas"]])
+    _check_layout(where, header.tensors, expected, manifest["tensors"])
+    tensors = read_tensors(header)
+    for key, tensor in tensors.items():
+        if tensor_sha256(tensor) != manifest["tensors"][key]:
+            raise BundleError(Diagnostic(
+                f"tensor '{key}' does not match its sha256 in the manifest", obj=where,
+                hint="the file was changed or corrupted after it was written; use an intact copy"))
+        if expected[key].index:
+            _check_indices(where, key, tensor, plan)
+    return Bundle(header.path, manifest, tensors)
+
+
+def _checked_manifest(header: Any) -> dict[str, Any]:
+    """Parses the manifest from a safetensors header and checks it against its own hashes."""
+    from adaptlang.plan.plan import Plan
+
+    where = str(header.path)
+    raw = header.metadata.get(MANIFEST_KEY)
+    if raw is None:
+        raise BundleError(Diagnostic(
+            "not an adaptlang bundle: a safetensors file without an adaptlang manifest", obj=where,
+            hint="a PEFT adapter folder can be converted with `adaptc import-peft DIR`"))
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        raise BundleError(Diagnostic("the adaptlang manifest is not valid JSON", obj=where)) from None
+    check_manifest_fields(manifest, where)
+    task = manifest["task"]
+    if not isinstance(task, str) or not TASK_NAME.match(task):
+        raise BundleError(Diagnostic(f"the manifest names an invalid task {task!r}", obj=where))
+    try:
+        plan = Plan.from_json(manifest["task_plan"])
+    except AdaptError as exc:
+        raise BundleError(Diagnostic(
+            f"the manifest's task plan is invalid: {exc.diagnostics[0].message}", obj=where,
+            notes=exc.diagnostics[0].notes)) from None
+    if list(plan.tasks) != [task]:
+        raise BundleError(Diagnostic(f"the manifest's task plan holds tasks {list(plan.tasks)}, not ['{task}']",
+                                     obj=where))
+    if manifest["model"].get("fingerprint") != plan.model["fingerprint"]:
+        raise BundleError(Diagnostic("the manifest's model fingerprint differs from its task plan's", obj=where))
+    _check_spec(where, manifest["spec"])
+    if not isinstance(manifest["tensors"], dict):
+        raise BundleError(Diagnostic("the manifest's tensor table is malformed", obj=where))
+    return manifest
+
+
+def _check_spec(where: str, spec: Any) -> None:
+    """Checks the recorded spec source against its sha256 values."""
+    if spec is None:
+        return
+    ok = isinstance(spec, dict) and isinstance(spec.get("sources"), dict) and spec.get("path") in spec["sources"]
+    if not ok:
+        raise BundleError(Diagnostic("the manifest's spec section is malformed", obj=where))
+    if sha256_text(spec["sources"][spec["path"]]) != spec.get("sha256"):
+        raise BundleError(Diagnostic(
+            f"the recorded spec '{spec['path']}' does not match its sha256", obj=where,
+            hint="the manifest was edited or corrupted; use an intact copy of the bundle"))
+    for name, digest in (spec.get("source_sha256") or {}).items():
+        if name not in spec["sources"] or sha256_text(spec["sources"][name]) != digest:
+            raise BundleError(Diagnostic(f"the recorded spec file '{name}' does not match its sha256", obj=where))
+
+
+def _check_layout(where: str, entries: dict[str, Any], expected: dict[str, Any], shas: dict[str, Any]) -> None:
+    """Checks that the file holds exactly the tensors its plan implies, with their shapes and kinds."""
+    missing = sorted(set(expected) - set(entries))
+    extra = sorted(set(entries) - set(expected))
+    if missing or extra:
+        notes = tuple(f"missing: {k}" for k in missing[:5]) + tuple(f"unexpected: {k}" for k in extra[:5])
+        raise BundleError(Diagnostic("the bundle's tensors do not match its task plan", obj=where, notes=notes))
+    for key, spec in expected.items():
+        entry = entries[key]
+        if entry.shape != spec.shape:
+            raise BundleError(Diagnostic(
+                f"tensor '{key}' has shape {entry.shape}, the task plan implies {spec.shape}", obj=where))
+        if spec.index != (entry.dtype == torch.int64) or (not spec.index and not entry.dtype.is_floating_point):
+            want = "int64 positions" if spec.index else "floating-point values"
+            raise BundleError(Diagnostic(f"tensor '{key}' has dtype {entry.dtype}, expected {want}", obj=where))
+    if set(shas) != set(entries):
+        raise BundleError(Diagnostic("the manifest's tensor table does not list the file's tensors", obj=where))
+
+
+def _check_indices(where: str, key: str, indices: torch.Tensor, plan: dict[str, Any]) -> None:
+    """Checks sparse positions: strictly increasing and inside the parameter."""
+    delta, path, _ = split_key(key)
+    site = next(s for s in plan["deltas"][delta]["sites"] if s["path"] == path)
+    numel = 1
+    for d in site["shape"]:
+        numel *= int(d)
+    ok = indices.numel() == 0 or (int(indices.min()) >= 0 and int(indices.max()) < numel)
+    if not ok or (indices.numel() > 1 and not bool((indices[1:] > indices[:-1]).all())):
+        raise BundleError(Diagnostic(
+            f"sparse positions '{key}' are not sorted, distinct and within the parameter's {numel} entries",
+            obj=where))
