@@ -110,6 +110,7 @@ def merge_plans(parts: list[tuple[dict[str, Any], Bundle]], report: dict[str, li
     """
     merged: dict[str, Any] | None = None
     owners: dict[str, tuple[dict[str, Any], Bundle]] = {}
+    owner_task: dict[str, str] = {}
     task_files: dict[str, Path] = {}
     loaded: list[tuple[str, Bundle]] = []
     for plan, bundle in parts:
@@ -127,7 +128,8 @@ def merge_plans(parts: list[tuple[dict[str, Any], Bundle]], report: dict[str, li
                                          obj=str(bundle.path), hint="load bundles with the same base transforms"))
         for name in list(plan["deltas"]):
             if name in owners and _same_delta(*owners[name], plan, bundle, name):
-                report["shared"].append(f"delta '{name}' is shared by tasks {task} and others (equal values)")
+                report["shared"].append(f"delta '{name}': equal in tasks '{owner_task[name]}' and '{task}', "
+                                        "loaded once and shared")
                 continue
             if name in owners:
                 new, n = f"{name}_{task}", 2
@@ -138,6 +140,7 @@ def merge_plans(parts: list[tuple[dict[str, Any], Bundle]], report: dict[str, li
                                          f"one already loaded: renamed '{new}'")
                 name = new
             owners[name] = (plan, bundle)
+            owner_task[name] = task
             merged["deltas"][name] = plan["deltas"][name]
         merged["tasks"][task] = plan["tasks"][task]
         loaded.append((task, bundle))

@@ -25,7 +25,10 @@ from adaptlang.runtime.ia3 import combined_factor
 from adaptlang.runtime.layers import EMBEDDING, describe_layer, first_input, out_in_view, replace_first_input, run_layer
 from adaptlang.runtime.lora import LoRAGroup
 
-__all__ = ["BASE_ONLY", "FULL", "LORA_ONLY", "Program", "output_is_private", "run_program"]
+__all__ = [
+    "BASE_ONLY", "FULL", "LORA_ONLY", "Program", "dora_terms", "effective_tensors", "output_is_private", "run_base",
+    "run_program",
+]
 
 BASE_ONLY = "base"
 LORA_ONLY = "lora"
@@ -96,13 +99,12 @@ def output_is_private(base: nn.Module) -> bool:
     return not base._forward_hooks and not _torch_module._global_forward_hooks
 
 
-def _effective_tensors(prog: Program) -> dict[str, torch.Tensor]:
-    """Returns the base parameters to use instead of the stored ones (dequantized, plus sparse)."""
-    base = prog.base
+def effective_tensors(base: nn.Module, quant: Any, sparse: list[tuple[Any, float]]) -> dict[str, torch.Tensor]:
+    """Returns the base parameters to use instead of the stored ones (dequantized, plus sparse deltas)."""
     tensors: dict[str, torch.Tensor] = {}
-    if prog.quant is not None:
-        tensors["weight"] = prog.quant.dequantize()
-    for part, weight in prog.sparse:
+    if quant is not None:
+        tensors["weight"] = quant.dequantize()
+    for part, weight in sparse:
         current = tensors.get(part.param)
         if current is None:
             current = base._parameters[part.param]
@@ -110,7 +112,7 @@ def _effective_tensors(prog: Program) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _run_base(prog: Program, args: tuple[Any, ...], kwargs: dict[str, Any],
+def run_base(prog: Program, args: tuple[Any, ...], kwargs: dict[str, Any],
               tensors: dict[str, torch.Tensor] | None) -> Any:
     """Runs the base module, with substituted tensors when the program overrides them."""
     if tensors is None:
@@ -150,8 +152,8 @@ def run_program(prog: Program, args: tuple[Any, ...], kwargs: dict[str, Any], tr
         factor = combined_factor(prog.ia3_in)
         x = (xb.to(factor.dtype) * factor).to(xb.dtype)
         args, kwargs = replace_first_input(args, kwargs, x)
-    tensors = _effective_tensors(prog) if prog.override else None
-    y = _run_base(prog, args, kwargs, tensors)
+    tensors = effective_tensors(prog.base, prog.quant, prog.sparse) if prog.override else None
+    y = run_base(prog, args, kwargs, tensors)
     if not (prog.groups or prog.dora or prog.ia3_out or prog.parallel or prog.after):
         return y
 
@@ -163,7 +165,8 @@ def run_program(prog: Program, args: tuple[Any, ...], kwargs: dict[str, Any], tr
         for group in prog.groups:
             h = group.add_to(h, x, training, inplace)
         if prog.dora:
-            h = _add_dora(prog, h, base_out, x, tensors, training)
+            for term, w in dora_terms(prog, base_out, x, tensors, training):
+                h = h + (term if w == 1.0 else term * w).to(h.dtype)
         if prog.ia3_out:
             factor = combined_factor(prog.ia3_out)
             h = (h.to(factor.dtype) * factor).to(h.dtype)
@@ -176,9 +179,13 @@ def run_program(prog: Program, args: tuple[Any, ...], kwargs: dict[str, Any], tr
     return map_main_output(y, adapt)
 
 
-def _add_dora(prog: Program, h: torch.Tensor, base_out: torch.Tensor, x: torch.Tensor,
-              tensors: dict[str, torch.Tensor] | None, training: bool) -> torch.Tensor:
-    """Adds every DoRA part's term (computed against the base output ``base_out``)."""
+def dora_terms(prog: Any, base_out: torch.Tensor, x: torch.Tensor, tensors: dict[str, torch.Tensor] | None,
+               training: bool) -> list[tuple[torch.Tensor, Any]]:
+    """Returns ``(term, weight)`` for every DoRA part of ``prog.dora``, in the parts' dtype.
+
+    Each term is computed against the base output ``base_out`` and the weight
+    in use (dequantized, plus sparse deltas), as PEFT's DoRA layer does.
+    """
     base = prog.base
     weight = tensors.get("weight") if tensors else None
     if weight is None:
@@ -191,7 +198,4 @@ def _add_dora(prog: Program, h: torch.Tensor, base_out: torch.Tensor, x: torch.T
     xin = x if prog.kind == EMBEDDING else x.to(dtype)
     base_out = base_out.to(dtype)
     bias = None if bias is None else bias.to(dtype)
-    for part, w in prog.dora:
-        term = part.dora_term(xin, base_out, weight_oi, base, bias, training)
-        h = h + (term if w == 1.0 else term * w).to(h.dtype)
-    return h
+    return [(part.dora_term(xin, base_out, weight_oi, base, bias, training), w) for part, w in prog.dora]

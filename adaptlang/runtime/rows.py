@@ -33,7 +33,7 @@ from adaptlang.runtime.layers import (
     EMBEDDING, describe_layer, first_input, module_device, replace_first_input, run_layer,
 )
 from adaptlang.runtime.lora import LoRAGroup
-from adaptlang.runtime.program import FULL, _add_dora, _effective_tensors, _run_base
+from adaptlang.runtime.program import FULL, dora_terms, effective_tensors, run_base
 
 __all__ = ["RowProgram"]
 
@@ -120,17 +120,17 @@ class RowProgram:
             factor = _row_factor(self.ia3_in, x.dim())
             x = (x.to(factor.dtype) * factor).to(x.dtype)
         args, kwargs = replace_first_input(args, kwargs, x)
-        tensors = _effective_tensors(self) if self.override else None
-        y = _run_base(self, args, kwargs, tensors)
+        # Sparse deltas differ per row, so they are not in the weight: only dequantization is.
+        tensors = effective_tensors(self.base, self.quant, []) if self.override else None
+        y = run_base(self, args, kwargs, tensors)
 
         def adapt(h: torch.Tensor) -> torch.Tensor:
             base_out = h
             for group, mask, biases in self.groups:
                 h = _add_masked(group, mask, biases, h, x, training)
-            for part, w in self.dora:
-                term = _add_dora(_single(self, part), torch.zeros_like(base_out, dtype=part.lora_A.dtype),
-                                 base_out, x, tensors, training)
-                h = h + (term * w.view(-1, *([1] * (term.dim() - 1)))).to(h.dtype)
+            if self.dora:  # terms for every row, times each row's weight (B, 1, ...)
+                for term, w in dora_terms(self, base_out, x, tensors, training):
+                    h = h + (term * w.view(-1, *([1] * (term.dim() - 1)))).to(h.dtype)
             for part, w in self.sparse:
                 dense = part.dense(1.0)  # the parameter's layout
                 xs = x if self.kind == EMBEDDING else x.to(dense.dtype)
@@ -141,7 +141,7 @@ class RowProgram:
                 h = (h.to(factor.dtype) * factor).to(h.dtype)
             for part, idx, w, _ in self.parallel:
                 delta = part.delta(xb.index_select(0, idx), 1.0, training)
-                h = h.index_add(0, idx, delta * w.to(delta.dtype))
+                h = h.index_add(0, idx, delta * w.view(-1, *([1] * (delta.dim() - 1))).to(delta.dtype))
             for part, idx, w, every in self.after:
                 h = _on_rows(h, part, idx, w, every, training, residual=part.residual)
             return h
@@ -186,10 +186,3 @@ def _on_rows(h: torch.Tensor, part: Any, idx: torch.Tensor, w: torch.Tensor, eve
     delta = part.delta(sub, 1.0, training) * w.view(-1, *([1] * (sub.dim() - 1))).to(h.dtype)
     new = sub + delta if residual else delta
     return new if every else h.index_copy(0, idx, new)
-
-
-class _single:
-    """A view of a RowProgram holding one DoRA part, for ``program._add_dora``."""
-
-    def __init__(self, prog: RowProgram, part: Any):
-        self.base, self.kind, self.dora = prog.base, prog.kind, [(part, 1.0)]

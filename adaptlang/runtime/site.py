@@ -16,6 +16,8 @@ puts that very object back) and each delta's parameters as a part in
 active list into a :class:`~adaptlang.runtime.program.Program` once, so the
 forward does no per-call lookups: with plain LoRA only it is ``base(x)``
 plus one ``addmm`` per group; with nothing active it is ``base(x)``.
+:meth:`SiteModule.set_rows` gives every batch row its own list instead
+(mixed-task batches, :mod:`adaptlang.runtime.rows`).
 
 Drop-in behaviour in HF models:
 

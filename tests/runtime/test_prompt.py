@@ -38,12 +38,18 @@ def peft_prompt_model(model, task_type, n, **kwargs):
 
 
 def copy_prompt_into_peft(peft_model, adapted) -> torch.nn.Parameter:
-    """Copies our prompt vectors into PEFT's prompt encoder; returns PEFT's weight."""
+    """Copies our prompt vectors into PEFT's prompt encoder; returns PEFT's weight.
+
+    For encoder-decoder models PEFT allocates one set of virtual tokens per
+    transformer submodule (encoder, decoder) but prompt tuning prepends only
+    the first ``num_virtual_tokens`` rows to the encoder input
+    (``PeftModelForSeq2SeqLM.forward``), so only those rows are compared.
+    """
     weight = peft_model.prompt_encoder["default"].embedding.weight
     ours = adapted.delta_parameters("p")
     (value,) = ours.values()
     with torch.no_grad():
-        weight.copy_(value)
+        weight[: value.shape[0]].copy_(value)
     return weight
 
 

@@ -57,9 +57,13 @@ def assert_rows_match(site: SiteModule, x: torch.Tensor, rows: list) -> None:
         torch.testing.assert_close(mixed[r:r + 1], alone, atol=1e-5, rtol=1e-5, msg=f"row {r}: {row}")
 
 
-def test_each_row_equals_its_task_alone_on_a_linear():
+@pytest.mark.parametrize("quantized", [False, True])
+@pytest.mark.parametrize("shape", [(len(ROWS), 5, DIM), (len(ROWS), DIM)])
+def test_each_row_equals_its_task_alone_on_a_linear(shape, quantized):
     site = build_linear_site()
-    x = torch.randn(len(ROWS), 5, DIM)
+    if quantized:
+        site.quantize("nf4", 16, True, "float32")
+    x = torch.randn(*shape)
     assert_rows_match(site, x, ROWS)
 
 

@@ -38,13 +38,15 @@ def test_fresh_copies_change_nothing_and_base_stays_bit_identical(rt):
     batch = rt.lm_batch()
     base_out = model(**batch).logits
     base = rt.clone_params(model)
+    # The base Parameter objects, taken before apply (while a task is active its slots hold copies).
+    originals = {n: p for n, p in model.named_parameters() if n.endswith(".bias")}
     adapted = adaptlang.apply(model, BITFIT, task="bitfit")
     torch.testing.assert_close(adapted(**batch).logits, base_out, atol=0, rtol=0)
     names = [n for n, _ in adapted.trainable_parameters()]
     assert names and all(n.endswith(".bias") for n in names)
     assert sum(p.numel() for _, p in adapted.trainable_parameters()) == adapted.plan.to_dict()["tasks"][
         "bitfit"]["trainable_params"]
-    originals = {n: p for n, p in model.named_parameters() if n.endswith(".bias")}
+    assert all(dict(model.named_parameters())[n] is not p for n, p in originals.items())
     train_steps(adapted, batch)
     assert adapted.delta_parameters("bias")  # copies trained...
     trained = {n: p.detach().clone() for n, p in adapted.trainable_parameters()}
