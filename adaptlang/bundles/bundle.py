@@ -26,7 +26,7 @@ from adaptlang.bundles.manifest import (
 )
 from adaptlang.errors import AdaptError, BundleError, Diagnostic
 
-__all__ = ["Bundle", "build_bundle", "read_bundle", "read_manifest", "write_bundles", "TASK_NAME"]
+__all__ = ["Bundle", "TASK_NAME", "build_bundle", "check_bundle_tensors", "read_bundle", "read_manifest", "write_bundles"]
 
 #: Task names are identifiers, so ``<task>.safetensors`` is always a plain file name.
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -108,13 +108,22 @@ def build_bundle(path: Path, task: str, task_plan: dict[str, Any], tensors: dict
     return Bundle(path, manifest, stored)
 
 
-def write_bundles(bundles: list[Bundle]) -> list[Path]:
-    """Writes bundles atomically, all or none (see :func:`~adaptlang.bundles.files.write_files`)."""
+def write_bundles(bundles: list[Bundle], extra: list[tuple[Path, Any]] | None = None) -> list[Path]:
+    """Writes bundles atomically, all or none (see :func:`~adaptlang.bundles.files.write_files`).
+
+    Args:
+        bundles: The bundles (each to its ``path``).
+        extra: More ``(path, writer)`` jobs to write in the same all-or-none batch (a spec file).
+
+    Returns:
+        The bundle paths, in order.
+    """
     jobs = []
     for bundle in bundles:
         metadata = {"format": "pt", MANIFEST_KEY: manifest_json(bundle.manifest)}
         jobs.append((bundle.path, lambda handle, b=bundle, m=metadata: write_safetensors(handle, b.tensors, m)))
-    return write_files(jobs)
+    write_files(jobs + list(extra or []))
+    return [bundle.path for bundle in bundles]
 
 
 def read_manifest(path: Path | str) -> dict[str, Any]:
@@ -139,7 +148,9 @@ def read_bundle(path: Path | str) -> Bundle:
     where = str(header.path)
     plan = manifest["task_plan"]
     expected = expected_bundle(plan, [t["name"] for t in plan["tasks"][manifest["task"]]["deltas"]])
-    _check_layout(where, header.tensors, expected, manifest["tensors"])
+    _check_layout(where, {k: (e.shape, e.dtype) for k, e in header.tensors.items()}, expected)
+    if set(manifest["tensors"]) != set(header.tensors):
+        raise BundleError(Diagnostic("the manifest's tensor table does not list the file's tensors", obj=where))
     tensors = read_tensors(header)
     for key, tensor in tensors.items():
         if tensor_sha256(tensor) != manifest["tensors"][key]:
@@ -202,23 +213,32 @@ def _check_spec(where: str, spec: Any) -> None:
             raise BundleError(Diagnostic(f"the recorded spec file '{name}' does not match its sha256", obj=where))
 
 
-def _check_layout(where: str, entries: dict[str, Any], expected: dict[str, Any], shas: dict[str, Any]) -> None:
-    """Checks that the file holds exactly the tensors its plan implies, with their shapes and kinds."""
+def check_bundle_tensors(where: str, tensors: dict[str, torch.Tensor], plan: dict[str, Any], task: str) -> None:
+    """Checks in-memory tensors against what a task plan implies (keys, shapes, value kinds).
+
+    Raises:
+        BundleError: Naming ``where`` and the first tensor that does not fit.
+    """
+    expected = expected_bundle(plan, [t["name"] for t in plan["tasks"][task]["deltas"]])
+    _check_layout(where, {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}, expected)
+
+
+def _check_layout(where: str, entries: dict[str, tuple[tuple[int, ...], torch.dtype]],
+                  expected: dict[str, Any]) -> None:
+    """Checks that there are exactly the tensors a plan implies, with their shapes and kinds."""
     missing = sorted(set(expected) - set(entries))
     extra = sorted(set(entries) - set(expected))
     if missing or extra:
         notes = tuple(f"missing: {k}" for k in missing[:5]) + tuple(f"unexpected: {k}" for k in extra[:5])
         raise BundleError(Diagnostic("the bundle's tensors do not match its task plan", obj=where, notes=notes))
     for key, spec in expected.items():
-        entry = entries[key]
-        if entry.shape != spec.shape:
+        shape, dtype = entries[key]
+        if shape != spec.shape:
             raise BundleError(Diagnostic(
-                f"tensor '{key}' has shape {entry.shape}, the task plan implies {spec.shape}", obj=where))
-        if spec.index != (entry.dtype == torch.int64) or (not spec.index and not entry.dtype.is_floating_point):
+                f"tensor '{key}' has shape {shape}, the task plan implies {spec.shape}", obj=where))
+        if spec.index != (dtype == torch.int64) or (not spec.index and not dtype.is_floating_point):
             want = "int64 positions" if spec.index else "floating-point values"
-            raise BundleError(Diagnostic(f"tensor '{key}' has dtype {entry.dtype}, expected {want}", obj=where))
-    if set(shas) != set(entries):
-        raise BundleError(Diagnostic("the manifest's tensor table does not list the file's tensors", obj=where))
+            raise BundleError(Diagnostic(f"tensor '{key}' has dtype {dtype}, expected {want}", obj=where))
 
 
 def _check_indices(where: str, key: str, indices: torch.Tensor, plan: dict[str, Any]) -> None:

@@ -1,0 +1,123 @@
+"""Bundles as readable, deterministic text (``adaptc show``, and git's ``textconv``).
+
+The text depends only on the file's content (no dates, no absolute paths,
+no terminal width), so ``git diff`` through ``adaptc show`` shows what
+changed between two versions of a bundle: the task, the plan, the spec source
+line by line, and each tensor's sha256 prefix. A safetensors file without an
+adaptlang manifest (a PEFT adapter, a checkpoint) is listed tensor by tensor,
+so the textconv driver works on every ``*.safetensors`` file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from adaptlang.bundles.files import SafetensorsHeader, read_header
+from adaptlang.bundles.manifest import MANIFEST_KEY
+
+__all__ = ["describe_file", "describe_manifest"]
+
+_DTYPE_NAMES = {"torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16",
+                "torch.float64": "float64", "torch.int64": "int64"}
+
+
+def _term(term: dict[str, Any]) -> str:
+    """A task term as task-expression text."""
+    text = term["name"] if term["weight"] == 1.0 else f"{term['weight']:g} * {term['name']}"
+    return f"frozen({text})" if term["frozen"] else text
+
+
+def _table(rows: list[list[str]], right: set[int]) -> list[str]:
+    """Columns separated by two spaces; ``right`` columns right-aligned."""
+    if not rows:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.rjust(widths[i]) if i in right else c.ljust(widths[i])
+                             for i, c in enumerate(row)).rstrip() for row in rows]
+
+
+def _dtype(entry: Any) -> str:
+    name = str(entry.dtype)
+    return _DTYPE_NAMES.get(name, name.removeprefix("torch."))
+
+
+def describe_manifest(header: SafetensorsHeader, manifest: dict[str, Any]) -> str:
+    """Renders a checked bundle manifest (with its file's tensor table) as text.
+
+    The file's name is left out on purpose: git's textconv hands over a
+    temporary copy with a random name.
+    """
+    task = manifest["task"]
+    plan = manifest["task_plan"]
+    section = plan["tasks"][task]
+    model = manifest["model"]
+    spec = manifest.get("spec")
+    lines = [
+        "adaptlang bundle",
+        f"  task          {task} = {' + '.join(_term(t) for t in section['deltas'])}",
+        f"  format        {manifest['bundle_format']} (written by adaptlang {manifest['adaptlang_version']})",
+        f"  model         {model['name']} ({model['cls']}, {model['family']}), {model['params']:,} parameters",
+        f"  fingerprint   {model['fingerprint']}",
+        f"  plan sha256   {manifest['plan_sha256']} (whole plan)",
+        f"  task plan     {plan['plan_sha256']}",
+        f"  spec          {spec['path']} sha256 {spec['sha256']}" if spec else "  spec          (none: applied from a plan)",
+        f"  parameters    {section['trainable_params']:,} trainable, {section['bundle_params']:,} in the bundle",
+        f"  stored dtype  {manifest.get('dtype') or 'as trained'}",
+    ]
+    if spec and spec.get("overrides"):
+        lines.append("  overrides     " + ", ".join(f"{k}={v:g}" for k, v in sorted(spec["overrides"].items())))
+    if plan["base"]["quantize"]:
+        formats = sorted({q["format"] for q in plan["base"]["quantize"]})
+        lines.append(f"  base          {len(plan['base']['quantize'])} weights quantized ({', '.join(formats)})")
+    lines += ["", "deltas"]
+    lines += _table([[n, d["kind"], f"{d['site_count']} sites", f"{d['params']:,} parameters"]
+                     for n, d in plan["deltas"].items()], {2, 3})
+    total = sum(e.end - e.start for e in header.tensors.values())
+    lines += ["", f"tensors ({len(header.tensors)}, {total:,} bytes)"]
+    rows = []
+    for key in sorted(header.tensors):
+        entry = header.tensors[key]
+        rows.append([key, _dtype(entry), "[" + ", ".join(map(str, entry.shape)) + "]",
+                     f"sha256 {manifest['tensors'].get(key, '?')[:16]}"])
+    lines += _table(rows, set())
+    if spec:
+        for file, text in spec["sources"].items():
+            lines += ["", f"spec source {file}"]
+            lines += [f"  | {line}".rstrip() for line in text.splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def _describe_foreign(header: SafetensorsHeader) -> str:
+    """Renders a safetensors file that is not an adaptlang bundle."""
+    lines = ["safetensors file (not an adaptlang bundle)"]
+    for key, value in sorted(header.metadata.items()):
+        shown = value if len(value) <= 200 else value[:200] + f"... ({len(value)} characters)"
+        lines.append(f"  metadata {key}: {json.dumps(shown)}")
+    lines += ["", f"tensors ({len(header.tensors)})"]
+    lines += _table([[k, _dtype(e), "[" + ", ".join(map(str, e.shape)) + "]"]
+                     for k, e in sorted(header.tensors.items())], set())
+    return "\n".join(lines) + "\n"
+
+
+def describe_file(path: str | Path, verify: bool = True) -> str:
+    """Returns the readable text for a bundle (or any safetensors file).
+
+    Args:
+        path: The file.
+        verify: Read every tensor and check it against its sha256 (a
+            corrupted bundle is then an error, not a listing).
+
+    Raises:
+        BundleError: Not a safetensors file, or a bundle that fails its checks.
+    """
+    from adaptlang.bundles.bundle import read_bundle, read_manifest
+
+    path = Path(path)
+    header = read_header(path)
+    if MANIFEST_KEY not in header.metadata:
+        return _describe_foreign(header)
+    manifest = read_bundle(path).manifest if verify else read_manifest(path)
+    return describe_manifest(header, manifest)
+
