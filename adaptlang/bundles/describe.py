@@ -38,6 +38,10 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
                              for i, c in enumerate(row)).rstrip() for row in rows]
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _dtype(entry: Any) -> str:
     name = str(entry.dtype)
     return _DTYPE_NAMES.get(name, name.removeprefix("torch."))
@@ -72,7 +76,7 @@ def describe_manifest(header: SafetensorsHeader, manifest: dict[str, Any]) -> st
         formats = sorted({q["format"] for q in plan["base"]["quantize"]})
         lines.append(f"  base          {len(plan['base']['quantize'])} weights quantized ({', '.join(formats)})")
     lines += ["", "deltas"]
-    lines += _table([[n, d["kind"], f"{d['site_count']} sites", f"{d['params']:,} parameters"]
+    lines += _table([[n, d["kind"], _plural(d["site_count"], "site"), f"{d['params']:,} parameters"]
                      for n, d in plan["deltas"].items()], {2, 3})
     total = sum(e.end - e.start for e in header.tensors.values())
     lines += ["", f"tensors ({len(header.tensors)}, {total:,} bytes)"]

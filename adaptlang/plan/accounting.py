@@ -132,8 +132,10 @@ def quantized_bytes(numel: int, fmt: str, block: int, double: bool) -> int:
 
     Each block of ``block`` values keeps one fp32 absmax scale. With ``double``
     those scales are stored in 8 bits instead, plus one fp32 scale per
-    :data:`QUANT_SCALE_BLOCK` scales (the QLoRA layout: 0.127 instead of 0.5
-    extra bits per weight at block 64).
+    :data:`QUANT_SCALE_BLOCK` scales and one fp32 offset per weight (the mean
+    subtracted from the scales before quantizing them, as bitsandbytes keeps
+    it): the QLoRA layout, 0.127 instead of 0.5 extra bits per weight at
+    block 64.
 
     Args:
         numel: Entries in the weight.
@@ -147,7 +149,7 @@ def quantized_bytes(numel: int, fmt: str, block: int, double: bool) -> int:
     packed = math.ceil(numel * _QUANT_BITS[fmt] / 8)
     blocks = math.ceil(numel / block)
     if double:
-        scales = blocks + FP32_BYTES * math.ceil(blocks / QUANT_SCALE_BLOCK)
+        scales = blocks + FP32_BYTES * math.ceil(blocks / QUANT_SCALE_BLOCK) + FP32_BYTES
     else:
         scales = FP32_BYTES * blocks
     return packed + scales

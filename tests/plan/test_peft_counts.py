@@ -125,11 +125,12 @@ def test_quantized_bytes_match_the_qlora_layout() -> None:
     blocks = numel // 64  # 262,144 absmax scales
     # NF4: two weights per byte; fp32 scale per block without double quantization.
     assert acc.quantized_bytes(numel, "nf4", 64, False) == numel // 2 + 4 * blocks
-    # Double: 8-bit scales plus one fp32 scale per 256 of them (1,024 of those).
-    assert acc.quantized_bytes(numel, "nf4", 64, True) == numel // 2 + blocks + 4 * 1024
-    assert acc.quantized_bytes(numel, "int8", 64, True) == numel + blocks + 4 * 1024
-    # QLoRA's figure: 4 + 8/64 + 32/(64*256) bits per weight.
-    bits = 8 * acc.quantized_bytes(numel, "nf4", 64, True) / numel
+    # Double: 8-bit scales plus one fp32 scale per 256 of them (1,024 of those) and the
+    # fp32 offset subtracted from the scales before they are quantized (one per weight).
+    assert acc.quantized_bytes(numel, "nf4", 64, True) == numel // 2 + blocks + 4 * 1024 + 4
+    assert acc.quantized_bytes(numel, "int8", 64, True) == numel + blocks + 4 * 1024 + 4
+    # QLoRA's figure: 4 + 8/64 + 32/(64*256) bits per weight (the offset is 32 bits per matrix).
+    bits = 8 * (acc.quantized_bytes(numel, "nf4", 64, True) - 4) / numel
     assert bits == pytest.approx(4 + 8 / 64 + 32 / (64 * 256))
 
 

@@ -100,9 +100,9 @@ def test_qlora_reports_the_nf4_layout():
     plan = compile_plan(SPECS / "qlora.adapt")
     sites = plan.quantize
     assert len(sites) == 32 * 7 and {s["format"] for s in sites} == {"nf4"}
-    # fp16 before; NF4 after: half a byte per weight, an 8-bit scale per 64 weights and an
-    # fp32 scale per 256 of those (QLoRA's double quantization), per weight matrix.
+    # fp16 before; NF4 after: half a byte per weight, an 8-bit scale per 64 weights, an
+    # fp32 scale per 256 of those and one fp32 offset (QLoRA's double quantization), per matrix.
     assert sum(s["bytes_before"] for s in sites) == 2 * 32 * (4 * Q + 3 * M)
-    per_q = Q // 2 + Q // 64 + 4 * (Q // 64 // 256)
-    per_m = M // 2 + M // 64 + 4 * (M // 64 // 256)
-    assert sum(s["bytes_after"] for s in sites) == 32 * (4 * per_q + 3 * per_m) == 3_340_771_328
+    per_q = Q // 2 + Q // 64 + 4 * (Q // 64 // 256) + 4
+    per_m = M // 2 + M // 64 + 4 * (M // 64 // 256) + 4
+    assert sum(s["bytes_after"] for s in sites) == 32 * (4 * per_q + 3 * per_m) == 3_340_772_224

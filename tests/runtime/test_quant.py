@@ -102,9 +102,9 @@ def test_site_quantize_reports_bytes(fmt, block, double):
     site = SiteModule.wrap(nn.Linear(256, 96))
     sizes = site.quantize(fmt, block, double, "float32")
     assert sizes["bytes_before"] == 256 * 96 * 4
-    # The plan's formula (packed codes + 1 byte per block + 4 per 256 blocks), plus
-    # the one fp32 offset of the centred scales that double quantization keeps.
-    assert sizes["bytes_after"] == quantized_bytes(256 * 96, fmt, block, double) + 4 * double
+    # Exactly the plan's formula: packed codes + 1 byte per block + 4 per 256 blocks + the
+    # one fp32 offset of the centred scales that double quantization keeps.
+    assert sizes["bytes_after"] == quantized_bytes(256 * 96, fmt, block, double)
     assert "weight" not in site.base._parameters
     assert site.weight.shape == (96, 256) and site.in_features == 256  # passthrough still answers
 
