@@ -21,7 +21,7 @@ from adaptlang.errors import Diagnostic, UsageError, did_you_mean
 from adaptlang.runtime.adapted import Adapted
 from adaptlang.runtime.adapted import apply as runtime_apply
 
-__all__ = ["BundleAdapted", "apply_with_provenance"]
+__all__ = ["BundleAdapted", "apply_spec_or_plan", "apply_with_provenance"]
 
 
 class BundleAdapted(Adapted):
@@ -158,13 +158,28 @@ def apply_with_provenance(model: nn.Module, spec_or_plan: Any, *, overrides: dic
     Returns:
         The :class:`BundleAdapted`.
     """
-    from adaptlang.plan.signature import signature_of
     from adaptlang.runtime.transaction import check_not_adapted
 
     check_not_adapted(model)
     spec = _spec_of(spec_or_plan, overrides)
-    structure = describe_structure(signature_of(model))
-    adapted = runtime_apply(model, spec if spec is not None else spec_or_plan, adapted_cls=BundleAdapted, **kwargs)
+    return apply_spec_or_plan(model, spec if spec is not None else spec_or_plan, spec, overrides, **kwargs)
+
+
+def apply_spec_or_plan(model: nn.Module, target: Any, spec: Any, overrides: dict[str, float] | None = None,
+                       **kwargs: Any) -> BundleAdapted:
+    """Applies ``target`` (a Spec or a Plan) and records ``spec`` (or None) as every task's provenance.
+
+    Args:
+        model: The model, not adapted yet.
+        target: What the runtime applies: the checked Spec, or a Plan compiled from it.
+        spec: The checked Spec the tasks come from, or None.
+        overrides: ``let`` constants that were replaced.
+        **kwargs: As for :func:`apply_with_provenance`.
+    """
+    from adaptlang.plan.signature import signature_of
+
+    structure = describe_structure(signature_of(model))  # before any module is wrapped
+    adapted = runtime_apply(model, target, adapted_cls=BundleAdapted, **kwargs)
     assert isinstance(adapted, BundleAdapted)
     provenance = {}
     if spec is not None:

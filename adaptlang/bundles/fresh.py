@@ -1,0 +1,87 @@
+"""Fresh bundles at compile time (``adaptc compile SPEC --model M --out DIR``).
+
+Freshly initialised deltas depend on the base weights (DoRA magnitudes,
+sparse positions chosen by magnitude, prompts initialised from text or the
+vocabulary), so bundles are written only for a model that has weights: a
+Hugging Face folder with safetensors weights (read with
+``from_pretrained(use_safetensors=True)``; a pickled ``*.bin`` is never
+opened) or a ``pkg.module:factory``. A preset is an architecture without
+weights: the plan is written and the reason for no bundles is returned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from adaptlang.errors import Diagnostic, UsageError
+
+__all__ = ["load_weighted_model", "write_fresh_bundles"]
+
+
+def _has_safetensors(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
+
+
+def load_weighted_model(ref: str) -> tuple[Any, Any, str]:
+    """Loads a model with real weights, and a tokenizer when its folder has one.
+
+    Returns:
+        ``(model or None, tokenizer or None, why there is no model)``.
+
+    Raises:
+        UsageError: A folder whose only weights are pickles, or that fails to load.
+    """
+    from adaptlang.plan.models import PRESETS, load_model
+
+    if ref in PRESETS:
+        return None, None, f"'{ref}' is a preset (an architecture without weights)"
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        if not _has_safetensors(folder):
+            pickles = sorted(p.name for p in folder.glob("*.bin"))
+            why = (f"its weights are pickles ({', '.join(pickles)}), which adaptlang never loads" if pickles
+                   else "it holds no safetensors weights")
+            return None, None, f"'{ref}': {why}"
+        meta, _ = load_model(ref, device="meta")
+        try:
+            model = type(meta).from_pretrained(str(folder), local_files_only=True, use_safetensors=True).eval()
+        except Exception as exc:  # transformers raises many types for bad folders
+            raise UsageError(Diagnostic(f"cannot load the weights in {ref}: {exc}", obj=ref)) from None
+        return model, _tokenizer(folder), ""
+    model, _ = load_model(ref, device="cpu")
+    return model, None, ""
+
+
+def _tokenizer(folder: Path) -> Any:
+    """The folder's tokenizer, or None (prompts initialised from text then say they need one)."""
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception:  # noqa: BLE001 - a folder without a usable tokenizer is fine until text init needs one
+        return None
+
+
+def write_fresh_bundles(spec_path: Path, model_ref: str, out_dir: Path, overrides: dict[str, float],
+                        seed: int = 0) -> tuple[Any, list[Path], str]:
+    """Applies a spec to the weighted model and saves every task's seeded, fresh bundle.
+
+    Returns:
+        ``(plan, bundle paths, note)``: the plan the bundles were made from
+        (compiled against the loaded model) and, when there are no bundles,
+        why (the note).
+    """
+    from adaptlang.bundles.adapted import apply_spec_or_plan
+    from adaptlang.plan.compiler import compile_plan, load_spec_for_compile
+
+    model, tokenizer, why = load_weighted_model(model_ref)
+    if model is None:
+        return None, [], why
+    spec = load_spec_for_compile(spec_path, overrides or None)
+    # Named as the plan printed for the same --model, not by the loaded class.
+    plan = compile_plan(spec, model, name=Path(model_ref).name if Path(model_ref).is_dir() else model_ref)
+    adapted = apply_spec_or_plan(model, plan, spec, overrides, tokenizer=tokenizer, seed=seed)
+    return adapted.plan, adapted.save(out_dir), ""

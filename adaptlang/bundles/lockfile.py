@@ -1,0 +1,190 @@
+"""``adapt.lock``: the plans specs compile to, per spec and model, so that drift fails CI.
+
+The lock is JSON with sorted keys (byte-identical for the same inputs)::
+
+    {"lock_format": 1, "adaptlang_version": "0.1.0", "grammar_sha256": "...",
+     "specs": {"specs/multitask.adapt": {"spec_sha256": "...", "models": {
+         "llama": {"plan_sha256": "...", "fingerprint": "...", "model_from_spec": false,
+                   "deltas": {"attn": {"kind": "lora", "sites": 64, "params": 4194304}},
+                   "tasks": {"qa": {"trainable_params": ..., "bundle_params": ...}}}}}}}
+
+Spec paths are relative to the lock file's folder, with ``/``. A check
+recompiles every locked (spec, model) pair and reports each whose plan
+changed, with the likely cause: the spec's sources (imports included), the
+model's structure, the grammar, or adaptlang itself; plus the tasks and
+deltas whose counts moved. A formatting-only edit keeps the plan, so it is
+not drift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from adaptlang.errors import AdaptError, Diagnostic, UsageError
+
+__all__ = ["LOCK_FORMAT", "build_lock", "check_lock", "lock_entry", "lock_json", "read_lock"]
+
+LOCK_FORMAT = 1
+
+
+def grammar_sha256() -> str:
+    """The sha256 of the grammar this adaptlang parses with."""
+    from adaptlang.syntax.parser import read_grammar
+
+    return hashlib.sha256(read_grammar().encode("utf-8")).hexdigest()
+
+
+def spec_sources_sha256(spec: Any) -> str:
+    """The sha256 of a spec's source texts (the root, then every file it uses, in load order)."""
+    digest = hashlib.sha256()
+    for text in spec.sources.values():
+        digest.update(hashlib.sha256(text.encode("utf-8")).digest())
+    return digest.hexdigest()
+
+
+def _relative(path: Path, root: Path) -> str:
+    """A spec path as the lock names it: relative to the lock's folder, with ``/``."""
+    try:
+        return os.path.relpath(path.resolve(), root.resolve()).replace(os.sep, "/")
+    except ValueError:  # another drive (Windows)
+        return path.resolve().as_posix()
+
+
+def lock_entry(spec_path: Path, model: str | None) -> tuple[str, dict[str, Any], str]:
+    """Compiles one spec against one model and returns ``(model key, entry, spec sha256)``.
+
+    Raises:
+        SpecError, BindError, UsageError: From compiling.
+    """
+    from adaptlang.plan.compiler import compile_plan
+    from adaptlang.spec import load_spec
+
+    spec = load_spec(spec_path)
+    ref = model or spec.model
+    plan = compile_plan(spec, ref)
+    data = plan.to_dict()
+    entry = {
+        "model_from_spec": model is None,
+        "plan_sha256": plan.sha256,
+        "fingerprint": data["model"]["fingerprint"],
+        "deltas": {n: {"kind": d["kind"], "sites": d["site_count"], "params": d["params"]}
+                   for n, d in data["deltas"].items()},
+        "tasks": {n: {"trainable_params": t["trainable_params"], "bundle_params": t["bundle_params"]}
+                  for n, t in data["tasks"].items()},
+    }
+    return str(ref), entry, spec_sources_sha256(spec)
+
+
+def build_lock(specs: list[Path], models: list[str], lock_dir: Path) -> dict[str, Any]:
+    """Builds the lock for every spec against every model (each spec's own model when none given)."""
+    from adaptlang import __version__
+
+    out: dict[str, Any] = {}
+    for spec_path in specs:
+        entries, spec_sha = {}, ""
+        for model in models or [None]:
+            key, entry, spec_sha = lock_entry(spec_path, model)
+            entries[key] = entry
+        out[_relative(spec_path, lock_dir)] = {"spec_sha256": spec_sha, "models": entries}
+    return {"lock_format": LOCK_FORMAT, "adaptlang_version": __version__, "grammar_sha256": grammar_sha256(),
+            "specs": out}
+
+
+def lock_json(lock: dict[str, Any]) -> str:
+    """Serializes a lock: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(lock, sort_keys=True, indent=2, ensure_ascii=True) + "\n"
+
+
+def read_lock(path: Path) -> dict[str, Any]:
+    """Reads and checks a lock file.
+
+    Raises:
+        UsageError: Missing, not JSON, or not a lock this adaptlang writes.
+    """
+    if not path.is_file():
+        raise UsageError(Diagnostic("no lock file", obj=str(path), hint="create it with `adaptc lock SPEC... --model M`"))
+    try:
+        lock = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(Diagnostic(f"cannot read the lock file: {exc}", obj=str(path))) from None
+    if not isinstance(lock, dict) or lock.get("lock_format") != LOCK_FORMAT or not isinstance(lock.get("specs"), dict):
+        raise UsageError(Diagnostic("not an adaptlang lock file (or a newer format)", obj=str(path),
+                                    hint="regenerate it with `adaptc lock`"))
+    return lock
+
+
+def _causes(lock: dict[str, Any], old: dict[str, Any], spec_changed: bool, new: dict[str, Any]) -> list[str]:
+    """Explains why a plan changed."""
+    from adaptlang import __version__
+
+    causes = []
+    if spec_changed:
+        causes.append("the spec changed (its sources, or a file it uses)")
+    if old["fingerprint"] != new["fingerprint"]:
+        causes.append(f"the model changed (fingerprint {old['fingerprint'][:12]} -> {new['fingerprint'][:12]})")
+    if lock.get("grammar_sha256") != grammar_sha256():
+        causes.append("the grammar changed")
+    if lock.get("adaptlang_version") != __version__:
+        causes.append(f"adaptlang changed ({lock.get('adaptlang_version')} -> {__version__})")
+    return causes or ["the compiler's output changed for the same spec, model and grammar"]
+
+
+def _count_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Lines for deltas and tasks added, removed or recounted."""
+    lines = []
+    for section, keys in (("delta", ("sites", "params")), ("task", ("trainable_params", "bundle_params"))):
+        a, b = old[section + "s"], new[section + "s"]
+        for name in sorted(set(a) | set(b)):
+            if name not in a:
+                lines.append(f"{section} '{name}' added")
+            elif name not in b:
+                lines.append(f"{section} '{name}' removed")
+            elif a[name] != b[name]:
+                moved = ", ".join(f"{k} {a[name].get(k, 0):,} -> {b[name].get(k, 0):,}" for k in keys
+                                  if a[name].get(k) != b[name].get(k))
+                lines.append(f"{section} '{name}': {moved or 'settings changed'}")
+    return lines
+
+
+def check_lock(lock: dict[str, Any], lock_dir: Path, only: list[Path] | None = None) -> list[Diagnostic]:
+    """Recompiles every locked (spec, model) pair; returns one diagnostic per drifted pair.
+
+    Args:
+        lock: A lock as :func:`read_lock` returns it.
+        lock_dir: The lock file's folder (spec paths are relative to it).
+        only: Check these specs only (each must be in the lock).
+    """
+    drift: list[Diagnostic] = []
+    specs = lock["specs"]
+    names = list(specs) if only is None else [_relative(p, lock_dir) for p in only]
+    for name in names:
+        if name not in specs:
+            drift.append(Diagnostic("not in the lock", obj=name, hint="add it with `adaptc lock`"))
+            continue
+        path = lock_dir / name
+        if not path.is_file():
+            drift.append(Diagnostic("the spec is gone", obj=name, hint="remove it from the lock with `adaptc lock`"))
+            continue
+        for model, old in specs[name]["models"].items():
+            where = f"{name} (model {model})"
+            try:
+                key, new, spec_sha = lock_entry(path, None if old.get("model_from_spec") else model)
+            except AdaptError as exc:
+                drift.append(Diagnostic(f"no longer compiles: {exc.diagnostics[0].message}", obj=where))
+                continue
+            if key != model:
+                drift.append(Diagnostic(f"the spec's default model changed: {model} -> {key}", obj=where,
+                                        hint="if intended, update the lock with `adaptc lock`"))
+                continue
+            if new["plan_sha256"] == old["plan_sha256"]:
+                continue
+            spec_changed = spec_sha != specs[name].get("spec_sha256")
+            notes = tuple(_causes(lock, old, spec_changed, new) + _count_changes(old, new))
+            drift.append(Diagnostic(f"the plan changed (sha256 {old['plan_sha256'][:12]} -> "
+                                    f"{new['plan_sha256'][:12]})", obj=where, notes=notes,
+                                    hint="if intended, update the lock with `adaptc lock`"))
+    return drift
