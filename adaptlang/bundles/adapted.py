@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from adaptlang.bundles.bundle import TASK_NAME, build_bundle, write_bundles
+from adaptlang.bundles.files import make_folder
 from adaptlang.bundles.manifest import Provenance, describe_structure, restrict_plan
 from adaptlang.errors import Diagnostic, UsageError, did_you_mean
 from adaptlang.runtime.adapted import Adapted
@@ -96,8 +97,7 @@ class BundleAdapted(Adapted):
                                             notes=(f"tasks: {', '.join(self.tasks)}",)))
             if not TASK_NAME.match(task):
                 raise UsageError(Diagnostic(f"task name '{task}' cannot be a file name", obj=task))
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = make_folder(folder)
         bundles = [
             build_bundle(folder / f"{task}.safetensors", task, self.task_plan(task), self.bundle_tensors(task),
                          self.provenance(task), self._structure, __version__, dtype)
@@ -127,6 +127,7 @@ class BundleAdapted(Adapted):
         tensors = {k: v.detach().to("cpu") for k, v in self.bundle_tensors(task).items()}
         return export_peft_adapter(self.task_plan(task), task, tensors, Path(folder), structure=self._structure,
                                    base_model=base_model)
+
 
 
 def _spec_of(spec_or_plan: Any, overrides: dict[str, float] | None) -> Any:

@@ -33,7 +33,7 @@ import torch
 from adaptlang.errors import BundleError, Diagnostic
 
 __all__ = [
-    "DTYPES", "SafetensorsHeader", "TensorEntry", "commit_files", "read_header", "read_tensors",
+    "DTYPES", "SafetensorsHeader", "TensorEntry", "commit_files", "make_folder", "read_header", "read_tensors",
     "tensor_bytes", "tensor_sha256", "write_files",
 ]
 
@@ -114,6 +114,16 @@ def _fsync_folder(folder: Path) -> None:
 
 
 Writer = Callable[[BinaryIO], None]
+
+
+def make_folder(folder: str | Path) -> Path:
+    """Creates an output folder (and its parents) or raises a BundleError naming it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BundleError(Diagnostic(f"cannot create the folder: {exc.strerror or exc}", obj=str(folder))) from None
+    return folder
 
 
 def write_files(jobs: list[tuple[Path, Writer]]) -> list[Path]:

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from adaptlang.bundles.files import write_files, write_safetensors
+from adaptlang.bundles.files import make_folder, write_files, write_safetensors
 from adaptlang.bundles.peft_common import (
     PREFIX, is_conv1d, is_embedding, most_common, pattern_key, peft_task_type, target_modules,
 )
@@ -279,8 +279,7 @@ def export_peft_adapter(plan: dict[str, Any], task: str, tensors: dict[str, torc
                    "inference_mode": True, "revision": None})
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     out = {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(folder)
     write_files([
         (folder / "adapter_model.safetensors", lambda h: write_safetensors(h, out, {"format": "pt"})),
         (folder / "adapter_config.json", lambda h: h.write(text.encode("utf-8"))),

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from adaptlang.bundles.bundle import build_bundle, check_bundle_tensors, write_bundles
-from adaptlang.bundles.files import read_header, read_tensors
+from adaptlang.bundles.files import make_folder, read_header, read_tensors
 from adaptlang.bundles.manifest import Provenance, describe_structure, restrict_plan
 from adaptlang.bundles.peft_common import PREFIX, match_pattern_key, most_common
 from adaptlang.bundles.spec_writer import paths_selector, render_block
@@ -242,7 +242,7 @@ def import_peft_adapter(folder: Any, model: Any, out: Any, name: str | None = No
     check_bundle_tensors(str(folder), ours, task_plan, task)
     bundle = build_bundle(out / f"{task}.safetensors", task, task_plan, ours,
                           Provenance.from_spec(spec, plan.sha256), describe_structure(sig), __version__)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     spec_path = out / spec_name
     (bundle_path,) = write_bundles([bundle], extra=[(spec_path, lambda h: h.write(text.encode("utf-8")))])
     return spec_path, bundle_path

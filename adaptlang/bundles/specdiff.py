@@ -80,11 +80,17 @@ def _fields(item: Any) -> dict[str, str]:
     return out
 
 
+def _property(key: str, value: str) -> str:
+    """``key value``, or ``key value for SELECTOR`` for an override (keyed ``key for SELECTOR``)."""
+    name, sep, selector = key.partition(" for ")
+    return f"{name} {value} for {selector}" if sep else f"{key} {value}"
+
+
 def _compare_fields(old: dict[str, str], new: dict[str, str]) -> list[str]:
     """Lines for properties changed, added and removed."""
     lines = [f"{k}: {old[k]} -> {new[k]}" for k in old if k in new and old[k] != new[k]]
-    lines += [f"+ {k} {new[k]}" for k in new if k not in old]
-    lines += [f"- {k} {old[k]}" for k in old if k not in new]
+    lines += [f"+ {_property(k, new[k])}" for k in new if k not in old]
+    lines += [f"- {_property(k, old[k])}" for k in old if k not in new]
     return lines
 
 
@@ -130,13 +136,13 @@ def diff_specs(old: Any, new: Any) -> list[Change]:
         return _compare_fields(_fields(a), _fields(b))
 
     changes += _diff_named("delta", old.deltas, new.deltas,
-                           lambda d: f"{d.kind}: " + ", ".join(f"{k} {v}" for k, v in _fields(d).items()),
+                           lambda d: f"{d.kind}: " + ", ".join(_property(k, v) for k, v in _fields(d).items()),
                            compare_delta)
     changes += _diff_named("task", old.tasks, new.tasks, _terms,
                            lambda a, b: [f"{_terms(a)} -> {_terms(b)}"] if _terms(a) != _terms(b) else [])
-    old_q = [f"{q.format}: " + ", ".join(f"{k} {v}" for k, v in _fields(q).items() if k != "format")
+    old_q = [f"{q.format}: " + ", ".join(_property(k, v) for k, v in _fields(q).items() if k != "format")
              for q in old.quantize]
-    new_q = [f"{q.format}: " + ", ".join(f"{k} {v}" for k, v in _fields(q).items() if k != "format")
+    new_q = [f"{q.format}: " + ", ".join(_property(k, v) for k, v in _fields(q).items() if k != "format")
              for q in new.quantize]
     if old_q != new_q:
         changes.append(Change("quantize", "", "changed", [f"- {q}" for q in old_q if q not in new_q]

@@ -196,8 +196,8 @@ class Adapted:
     def merge(self) -> dict[str, Any]:
         """Folds the active task's LoRA/IA3 (and sparse) deltas into the base weights.
 
-        Sites that cannot merge (a quantized base, adapters) are left active
-        and reported, not an error.
+        Sites that cannot merge (a quantized base, adapters, a weight tied to
+        another module) are left active and reported, not an error.
 
         Returns:
             ``{"merged": [site paths], "not_merged": {site path: reason}}``.
@@ -206,10 +206,15 @@ class Adapted:
         report: dict[str, Any] = {"merged": [], "not_merged": {}}
         if self._merged:
             return report
+        tied = tied_parameter_ids(self.model)
         for path in self._patch.configs[self._active].active_paths:
             site = self._patch.sites[path]
             if path in self._patch.quantized:
                 report["not_merged"][path] = "the base weight is quantized"
+                continue
+            if any(id(p) in tied for p in site.base._parameters.values() if p is not None):
+                # Folding into a shared tensor (GPT-2's lm_head and wte) would change the other module too.
+                report["not_merged"][path] = "the base weight is tied to another module"
                 continue
             try:
                 site.merge()
@@ -276,6 +281,15 @@ class Adapted:
 
     def __repr__(self) -> str:
         return f"Adapted({type(self.model).__name__}, tasks={self.tasks}, active={self._active!r})"
+
+
+def tied_parameter_ids(model: nn.Module) -> set[int]:
+    """Returns ``id()`` of every parameter the model reaches at more than one path (tied weights)."""
+    seen: set[int] = set()
+    tied: set[int] = set()
+    for _, p in model.named_parameters(remove_duplicate=False):
+        (tied if id(p) in seen else seen).add(id(p))
+    return tied
 
 
 def activate_config(config: TaskConfig, patch: Patch) -> None:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaptlang.errors import Diagnostic, RuntimeApplyError
+from adaptlang.runtime.fused import fused_lora_linear
 from adaptlang.runtime.layers import (
     EMBEDDING, LayerInfo, adapter_dtype, describe_layer, from_out_in, module_device, module_dtype,
     out_in_view, run_layer,
@@ -201,7 +202,7 @@ class LoRAGroup:
         base: The original module (Embedding options).
     """
 
-    __slots__ = ("base", "parts", "coefs", "dropout", "embedding", "As", "Bs", "alpha", "scaled", "biases")
+    __slots__ = ("base", "parts", "coefs", "dropout", "embedding", "As", "Bs", "alpha", "scaled", "biases", "dtype")
 
     def __init__(self, entries: Sequence[tuple[LoRAPart, float]], base: nn.Module):
         self.base = base
@@ -215,6 +216,7 @@ class LoRAGroup:
         self.scaled = len(set(self.coefs)) > 1
         self.alpha = 1.0 if self.scaled else self.coefs[0]
         self.biases = [(p.lora_bias, c) for p, c in zip(self.parts, self.coefs) if p.lora_bias is not None]
+        self.dtype = self.As[0].dtype
 
     @property
     def rank(self) -> int:
@@ -242,6 +244,19 @@ class LoRAGroup:
             return F.embedding(x, a.t(), self.base.padding_idx, None, 2.0, self.base.scale_grad_by_freq,
                                self.base.sparse)
         return F.linear(x, a)
+
+    def run_fused(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """Returns ``base(x)`` plus every part's contribution, fused (:mod:`adaptlang.runtime.fused`).
+
+        The caller checked that the base is a plain ``nn.Linear`` and that
+        ``x``, its weight and the factors share one dtype.
+        """
+        x_d = F.dropout(x, self.dropout, True) if self.dropout and training else None
+        a, b = self.factors()
+        out = fused_lora_linear(self.base, x, x_d, a, b, self.alpha)
+        for bias, coef in self.biases:
+            out = out + (bias * coef).to(out.dtype)
+        return out
 
     def add_to(self, y: torch.Tensor, x: torch.Tensor, training: bool, inplace: bool = False) -> torch.Tensor:
         """Returns ``y`` plus every part's contribution for input ``x``.

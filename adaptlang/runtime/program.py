@@ -49,10 +49,11 @@ class Program:
         before, parallel, after: ``(part, weight)`` of adapters, in activation order.
         quant: The quantized base weight, or None.
         override: The base is run with substituted tensors (quantized or sparse).
+        fusable: One LoRA product on an ``nn.Linear``: the base call and the product may fuse.
     """
 
     __slots__ = ("mode", "base", "kind", "groups", "dora", "ia3_in", "ia3_out", "sparse", "before",
-                 "parallel", "after", "quant", "override", "first_input")
+                 "parallel", "after", "quant", "override", "first_input", "fusable")
 
     def __init__(self) -> None:
         self.first_input = first_input
@@ -88,6 +89,8 @@ class Program:
         others = (prog.dora or prog.ia3_in or prog.ia3_out or prog.before or prog.parallel or prog.after
                   or prog.override)
         prog.mode = FULL if others else (LORA_ONLY if prog.groups else BASE_ONLY)
+        # One product on exactly nn.Linear: the site may run it fused (runtime.fused); hooks are checked per call.
+        prog.fusable = prog.mode is LORA_ONLY and len(prog.groups) == 1 and type(base) is nn.Linear
         return prog
 
 

@@ -43,6 +43,7 @@ from torch import nn
 
 from adaptlang.errors import Diagnostic, RuntimeApplyError, did_you_mean
 from adaptlang.runtime.adapter import build_adapter_part
+from adaptlang.runtime.fused import plain_linear
 from adaptlang.runtime.ia3 import build_ia3_part
 from adaptlang.runtime.layers import describe_layer, module_device, out_in_view
 from adaptlang.runtime.lora import build_lora_part
@@ -254,6 +255,11 @@ class SiteModule(nn.Module):
         prog = self._prog
         mode = prog.mode
         if mode is LORA_ONLY:
+            if prog.fusable and len(args) == 1 and not kwargs and plain_linear(prog.base):
+                x = args[0]
+                group = prog.groups[0]
+                if x.dtype is group.dtype and prog.base.weight.dtype is x.dtype:
+                    return group.run_fused(x, self.training)
             y = prog.base(*args, **kwargs)
             x = args[0] if args else prog.first_input(args, kwargs)
             training = self.training

@@ -1,0 +1,138 @@
+"""Bundle commands: ``show``, ``export``, ``import-peft``, and ``compile --out DIR``.
+
+* ``adaptc show BUNDLE`` prints a bundle's manifest as deterministic text
+  (also a git ``textconv`` driver: see ``.gitattributes``); ``--json``
+  prints the manifest itself.
+* ``adaptc export BUNDLE --to peft DIR`` writes a PEFT adapter folder.
+* ``adaptc import-peft DIR --model M --out OUT`` writes ``OUT/<name>.adapt``
+  and ``OUT/<name>.safetensors``.
+* ``adaptc compile SPEC --model M --out DIR`` (hooked through
+  :func:`adaptlang.cli.compile_cmds.set_out_handler`) writes ``DIR/plan.json``
+  and, when the model has weights, a seeded fresh bundle per task.
+
+The git-facing commands (``diff``, ``lock``) are in
+:mod:`adaptlang.cli.git_cmds`, registered from here.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.text import Text
+
+from adaptlang.errors import Diagnostic, UsageError
+
+__all__ = ["export_command", "handle_compile_out", "import_peft_command", "register", "show_command"]
+
+
+class ExportFormat(str, Enum):
+    """What ``adaptc export`` writes."""
+
+    peft = "peft"
+
+
+@contextmanager
+def reporting_warnings() -> Iterator[None]:
+    """Shows library warnings (an approximated training-only setting...) as ``warning:`` lines on stderr."""
+    from adaptlang.cli.output import print_diagnostics
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    ours = [w for w in caught if type(w.message).__module__.startswith("adaptlang")]
+    print_diagnostics([Diagnostic(str(w.message), severity="warning") for w in ours])
+
+
+def note(text: str) -> None:
+    """Prints a progress line to stderr (stdout stays for data)."""
+    from adaptlang.cli.output import error_console
+
+    error_console().print(Text(text))
+
+
+def show_command(
+    bundle: Path = typer.Argument(..., help="A bundle (.safetensors).", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Show a bundle's manifest: task, model, plan, spec source and tensors (git textconv friendly)."""
+    from adaptlang.bundles.bundle import read_bundle
+    from adaptlang.bundles.describe import describe_file
+    from adaptlang.cli.output import write_stdout
+
+    if as_json:
+        manifest = read_bundle(bundle).manifest
+        write_stdout(json.dumps(manifest, sort_keys=True, indent=2) + "\n")
+        return
+    write_stdout(describe_file(bundle))
+
+
+def export_command(
+    bundle: Path = typer.Argument(..., help="A bundle (.safetensors).", show_default=False),
+    out: Path = typer.Argument(..., help="The adapter folder to write.", show_default=False),
+    to: ExportFormat = typer.Option(..., "--to", help="The format: peft."),
+    base_model: Optional[str] = typer.Option(
+        None, "--base-model", help="base_model_name_or_path in adapter_config.json (default: the plan's model).",
+    ),
+) -> None:
+    """Export a bundle's task as a PEFT adapter (adapter_config.json + adapter_model.safetensors)."""
+    from adaptlang.bundles.peft_export import export_bundle
+
+    with reporting_warnings():
+        folder = export_bundle(bundle, out, base_model=base_model)
+    note(f"wrote a PEFT adapter to {folder}")
+
+
+def import_peft_command(
+    folder: Path = typer.Argument(..., help="A PEFT adapter folder.", show_default=False),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="The base model (default: the adapter's base_model_name_or_path).",
+    ),
+    out: Path = typer.Option(Path("."), "--out", help="Where the .adapt spec and the bundle go."),
+    name: Optional[str] = typer.Option(None, "--name", help="Task name (default: from the folder's name)."),
+) -> None:
+    """Convert a PEFT adapter folder into a .adapt spec plus a bundle."""
+    from adaptlang.bundles.peft_import import import_peft_adapter
+
+    if not folder.is_dir():
+        raise UsageError(Diagnostic("no such folder" if not folder.exists() else "not a folder", obj=str(folder)))
+    with reporting_warnings():
+        spec, bundle = import_peft_adapter(folder, model, out, name=name)
+    note(f"wrote {spec} and {bundle}")
+
+
+def handle_compile_out(output: object) -> None:
+    """``compile --out DIR``: plan.json, and fresh bundles when the model has weights."""
+    from adaptlang.bundles.fresh import write_fresh_bundles
+    from adaptlang.cli.output import write_atomic
+
+    out_dir: Path = output.out_dir  # type: ignore[attr-defined]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ref = output.model  # type: ignore[attr-defined]
+    if ref is None:  # the spec's own `model` line (the plan only keeps a portable name)
+        from adaptlang.spec import load_spec
+
+        ref = load_spec(output.spec_path).model  # type: ignore[attr-defined]
+    plan, paths, why = write_fresh_bundles(output.spec_path, ref, out_dir, output.overrides)  # type: ignore[attr-defined]
+    write_atomic(out_dir / "plan.json", (plan or output.plan).to_json())  # type: ignore[attr-defined]
+    if paths:
+        note(f"wrote {out_dir / 'plan.json'} and {len(paths)} fresh bundles: "
+             + ", ".join(p.name for p in paths))
+    else:
+        note(f"wrote {out_dir / 'plan.json'}; no bundles: {why}")
+
+
+def register(app: typer.Typer) -> None:
+    """Adds ``show``, ``export``, ``import-peft``, ``diff`` and ``lock``; hooks ``compile --out``."""
+    from adaptlang.cli import compile_cmds, git_cmds
+
+    app.command("show")(show_command)
+    app.command("export")(export_command)
+    app.command("import-peft")(import_peft_command)
+    git_cmds.register(app)
+    compile_cmds.set_out_handler(handle_compile_out)

@@ -1,0 +1,162 @@
+"""Versioning specs in git: ``adaptc diff`` and ``adaptc lock``.
+
+``adaptc diff OLD NEW [--model M]`` compares two specs by meaning. An
+operand is a file, or ``REV:path`` read with ``git show`` from the
+repository of the working directory (``REV:path`` is relative to the
+repository root, ``REV:./path`` to the working directory, as in git); files
+it ``use``s are read from the same revision. Exit codes follow ``git diff``:
+0 after printing the diff, whatever it says; with ``--exit-code``, 1 when
+there are semantic changes and 0 when there are none. Errors: 1 for a spec
+error, 2 for a usage error (a missing file, not a git repository, no such
+revision).
+
+``adaptc lock SPEC... [--model M]...`` writes ``adapt.lock``; ``adaptc lock
+--check [SPEC...]`` recompiles the locked pairs and exits 1 naming each
+(spec, model) whose plan drifted, and why.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.text import Text
+
+from adaptlang.errors import Diagnostic, UsageError
+
+__all__ = ["diff_command", "lock_command", "read_operand", "register"]
+
+
+def _git(args: list[str], what: str) -> str:
+    """Runs git in the working directory and returns stdout; failures are usage errors."""
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise UsageError(Diagnostic(f"cannot run git: {exc}", obj=what)) from None
+    if done.returncode != 0:
+        message = (done.stderr.strip().splitlines() or ["git failed"])[-1]
+        if "not a git repository" in done.stderr:
+            message = "not inside a git repository"
+        raise UsageError(Diagnostic(f"cannot read {what} from git: {message}", obj=what,
+                                    hint="REV:path reads a file at a revision, e.g. HEAD~1:specs/x.adapt"))
+    return done.stdout
+
+
+def _uses(text: str, label: str) -> list[str]:
+    """Paths a spec text ``use``s (an unparsable spec reports itself later)."""
+    from adaptlang.errors import AdaptError
+    from adaptlang.syntax import ast
+    from adaptlang.syntax.parser import parse_text
+
+    try:
+        module = parse_text(text, label)
+    except AdaptError:
+        return []
+    return [s.path for s in module.statements if isinstance(s, ast.Use)]
+
+
+def read_operand(operand: str, scratch: Path) -> Any:
+    """Loads a diff operand: a spec file, or ``REV:path`` from git (with the files it uses).
+
+    Args:
+        operand: The command-line operand.
+        scratch: A temporary folder for files read from git.
+
+    Returns:
+        The checked Spec (diagnostics name ``REV:path``).
+    """
+    from adaptlang.spec import load_spec
+    from adaptlang.spec.lower import lower_text
+
+    if Path(operand).is_file() or ":" not in operand:
+        if not Path(operand).is_file():
+            raise UsageError(Diagnostic("no such file", obj=operand, hint="give a spec file or REV:path"))
+        return load_spec(Path(operand))
+    rev, _, path = operand.partition(":")
+    if path.startswith(("./", "../")):  # git reads these relative to the working directory
+        prefix = _git(["rev-parse", "--show-prefix"], operand).strip()
+        path = os.path.normpath(os.path.join(prefix, path)).replace(os.sep, "/")
+    pending, root_text = [path], None
+    seen: set[str] = set()
+    while pending:  # the root, then every file it uses, from the same revision
+        rel = pending.pop()
+        if rel in seen:
+            continue
+        seen.add(rel)
+        text = _git(["show", f"{rev}:{rel}"], f"{rev}:{rel}")
+        target = scratch / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        root_text = text if rel == path else root_text
+        pending += [os.path.normpath(os.path.join(os.path.dirname(rel), u)).replace(os.sep, "/")
+                    for u in _uses(text, rel)]
+    return lower_text(root_text or "", operand, (scratch / path).parent)
+
+
+def diff_command(
+    old: str = typer.Argument(..., help="The old spec: a file or REV:path.", show_default=False),
+    new: str = typer.Argument(..., help="The new spec: a file or REV:path.", show_default=False),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Also compile both and compare the plans (sites, parameter counts).",
+    ),
+    exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when the specs differ (as git diff)."),
+) -> None:
+    """Show what changed between two specs: deltas, tasks, sites and parameter counts."""
+    from adaptlang.bundles.specdiff import SpecDiff, diff_plans, diff_specs, render_diff
+    from adaptlang.cli.output import write_stdout
+
+    with tempfile.TemporaryDirectory(prefix="adaptc-diff-") as scratch:
+        old_spec = read_operand(old, Path(scratch) / "old")
+        new_spec = read_operand(new, Path(scratch) / "new")
+        result = SpecDiff(spec=diff_specs(old_spec, new_spec))
+        if model is not None:
+            from adaptlang.plan.compiler import compile_plan
+
+            result.plan = diff_plans(compile_plan(old_spec, model), compile_plan(new_spec, model))
+    write_stdout(render_diff(result, old, new, model))
+    if exit_code and result.changed:
+        raise typer.Exit(1)
+
+
+def lock_command(
+    specs: Optional[List[Path]] = typer.Argument(None, help="Specs to lock (with --check: to check).",
+                                                 show_default=False),
+    models: Optional[List[str]] = typer.Option(
+        None, "--model", "-m", help="Compile against this model (repeatable; default: each spec's own).",
+    ),
+    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 naming each plan that drifted."),
+    lockfile: Path = typer.Option(Path("adapt.lock"), "--lockfile", help="The lock file."),
+) -> None:
+    """Record (or --check) the plan each spec compiles to, per model, in adapt.lock."""
+    from adaptlang.bundles.lockfile import build_lock, check_lock, lock_json, read_lock
+    from adaptlang.cli.output import error_console, print_diagnostics, write_atomic
+
+    lock_dir = lockfile.parent if str(lockfile.parent) else Path(".")
+    if check:
+        lock = read_lock(lockfile)
+        drift = check_lock(lock, lock_dir, list(specs) if specs else None)
+        if drift:
+            print_diagnostics(drift)
+            raise typer.Exit(1)
+        count = sum(len(entry["models"]) for entry in lock["specs"].values())
+        error_console().print(Text(f"{lockfile} is up to date ({count} plans)"))
+        return
+    if not specs:
+        raise UsageError(Diagnostic("no spec to lock", obj="lock", hint="adaptc lock SPEC... --model M"))
+    for spec in specs:
+        if not spec.is_file():
+            raise UsageError(Diagnostic("no such file", obj=str(spec)))
+    lock = build_lock(list(specs), list(models or []), lock_dir)
+    write_atomic(lockfile, lock_json(lock))
+    count = sum(len(entry["models"]) for entry in lock["specs"].values())
+    error_console().print(Text(f"wrote {lockfile} ({count} plans)"))
+
+
+def register(app: typer.Typer) -> None:
+    """Adds ``diff`` and ``lock``."""
+    app.command("diff")(diff_command)
+    app.command("lock")(lock_command)
