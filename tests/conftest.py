@@ -1,8 +1,16 @@
-"""Repository-wide pytest options: ``--update-golden`` rewrites golden files."""
+"""Repository-wide pytest set-up: ``--update-golden`` rewrites golden files; a private signature cache."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keeps the preset-signature cache of this run in a fresh folder (never the user's)."""
+    os.environ["ADAPTLANG_CACHE_DIR"] = tempfile.mkdtemp(prefix="adaptlang-cache-")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

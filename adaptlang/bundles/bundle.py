@@ -26,7 +26,9 @@ from adaptlang.bundles.manifest import (
 )
 from adaptlang.errors import AdaptError, BundleError, Diagnostic
 
-__all__ = ["Bundle", "TASK_NAME", "build_bundle", "check_bundle_tensors", "read_bundle", "read_manifest", "write_bundles"]
+__all__ = [
+    "Bundle", "TASK_NAME", "build_bundle", "check_bundle_tensors", "read_bundle", "read_manifest", "write_bundles",
+]
 
 #: Task names are identifiers, so ``<task>.safetensors`` is always a plain file name.
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

@@ -66,7 +66,8 @@ def describe_manifest(header: SafetensorsHeader, manifest: dict[str, Any]) -> st
         f"  fingerprint   {model['fingerprint']}",
         f"  plan sha256   {manifest['plan_sha256']} (whole plan)",
         f"  task plan     {plan['plan_sha256']}",
-        f"  spec          {spec['path']} sha256 {spec['sha256']}" if spec else "  spec          (none: applied from a plan)",
+        (f"  spec          {spec['path']} sha256 {spec['sha256']}" if spec
+         else "  spec          (none: applied from a plan)"),
         f"  parameters    {section['trainable_params']:,} trainable, {section['bundle_params']:,} in the bundle",
         f"  stored dtype  {manifest.get('dtype') or 'as trained'}",
     ]

@@ -93,7 +93,8 @@ def retarget_plan(plan: dict[str, Any], sig: Any) -> tuple[dict[str, Any], list[
             else:
                 skipped.append(f"delta '{name}': skipped {reason}")
         if sites:
-            deltas[name] = {**delta, "sites": sites, "site_count": len(sites), "params": sum(s["params"] for s in sites)}
+            deltas[name] = {**delta, "sites": sites, "site_count": len(sites),
+                            "params": sum(s["params"] for s in sites)}
         else:
             skipped.append(f"delta '{name}': no site fits this model; left out")
     quantize = []

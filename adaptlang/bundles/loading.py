@@ -124,7 +124,8 @@ def merge_plans(parts: list[tuple[dict[str, Any], Bundle]], report: dict[str, li
         if merged is None:
             merged = {**plan, "deltas": {}, "tasks": {}}
         elif plan["base"] != merged["base"]:
-            raise BundleError(Diagnostic(f"bundle quantizes the base differently from {next(iter(task_files.values()))}",
+            first_file = next(iter(task_files.values()))
+            raise BundleError(Diagnostic(f"bundle quantizes the base differently from {first_file}",
                                          obj=str(bundle.path), hint="load bundles with the same base transforms"))
         for name in list(plan["deltas"]):
             if name in owners and _same_delta(*owners[name], plan, bundle, name):
@@ -162,7 +163,8 @@ def _copy_tensors(adapted: BundleAdapted, loaded: list[tuple[str, Bundle]]) -> N
                     continue
                 target = targets.get(key)
                 if target is None or tuple(target.shape) != tuple(value.shape):
-                    raise BundleError(Diagnostic(f"tensor '{key}' does not fit the patched model", obj=str(bundle.path)))
+                    raise BundleError(Diagnostic(f"tensor '{key}' does not fit the patched model",
+                                                 obj=str(bundle.path)))
                 target.copy_(value.to(device=target.device, dtype=target.dtype))
                 copied.add(key)
 
@@ -179,8 +181,8 @@ def load(model: nn.Module, path_or_paths: Any, *, strict: bool = True, task: str
             first differing modules). False loads the sites that fit this
             model and lists the rest in ``load_report["skipped"]`` (and warns).
         task: The task to activate (default: the first bundle's).
-        tokenizer: Unused by loading itself (prompt values come from the
-            bundle); kept for symmetry with ``apply``.
+        tokenizer: Only initialises prompts before their bundle values
+            are copied in; without one a placeholder stands in.
         keep_base: As in ``apply`` (quantized bases).
 
     Returns:
@@ -213,8 +215,8 @@ def load(model: nn.Module, path_or_paths: Any, *, strict: bool = True, task: str
         _copy_tensors(adapted, loaded)
     except BaseException as exc:
         adapted.remove()
-        if isinstance(exc, AdaptError):
-            raise
+        if isinstance(exc, AdaptError) or not isinstance(exc, Exception):
+            raise  # ours, or an interrupt: as is
         raise BundleError(Diagnostic(f"copying bundle tensors failed: {type(exc).__name__}: {exc}",
                                      obj=str(paths[0]))) from exc
     adapted._set_origin({t: b.provenance for t, b in loaded}, describe_structure(sig))
@@ -222,4 +224,7 @@ def load(model: nn.Module, path_or_paths: Any, *, strict: bool = True, task: str
     if report["skipped"]:
         warnings.warn(f"adaptlang.load: {len(report['skipped'])} part(s) of the bundles do not fit this model "
                       "and were left out; see load_report['skipped']", stacklevel=2)
+    elif report["mismatch"]:
+        warnings.warn("adaptlang.load: the bundles were made for a model with another fingerprint; every site "
+                      "fits this one; see load_report['mismatch']", stacklevel=2)
     return adapted

@@ -106,7 +106,8 @@ def read_lock(path: Path) -> dict[str, Any]:
         UsageError: Missing, not JSON, or not a lock this adaptlang writes.
     """
     if not path.is_file():
-        raise UsageError(Diagnostic("no lock file", obj=str(path), hint="create it with `adaptc lock SPEC... --model M`"))
+        raise UsageError(Diagnostic("no lock file", obj=str(path),
+                                    hint="create it with `adaptc lock SPEC... --model M`"))
     try:
         lock = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

@@ -28,6 +28,7 @@ from adaptlang.bundles.manifest import Provenance, describe_structure, restrict_
 from adaptlang.bundles.peft_common import PREFIX, match_pattern_key, most_common
 from adaptlang.bundles.spec_writer import paths_selector, render_block
 from adaptlang.errors import BundleError, Diagnostic, UsageError
+from adaptlang.syntax.render import render_string
 
 __all__ = ["PeftImportWarning", "import_peft_adapter", "safe_name"]
 
@@ -181,7 +182,7 @@ def _prompt(folder: Path, config: dict[str, Any], tensors: dict[str, torch.Tenso
     value = tensors["prompt_embeddings"]
     init = {"TEXT": None, "SAMPLE_VOCAB": "vocab"}.get(str(config.get("prompt_tuning_init")), "random")
     text = config.get("prompt_tuning_init_text")
-    init_text = f'text "{text}"' if init is None and isinstance(text, str) and '"' not in text else (init or "random")
+    init_text = f"text {render_string(text)}" if init is None and isinstance(text, str) else (init or "random")
     block = render_block("prompt", delta, [("tokens", str(value.shape[0])), ("init", init_text)])
     return block, {f"{delta}/<embed>/weight": value}
 
@@ -227,7 +228,7 @@ def import_peft_adapter(folder: Any, model: Any, out: Any, name: str | None = No
     if ref is None:
         raise UsageError(Diagnostic("no base model: the adapter names none", obj=str(folder),
                                     hint="pass --model (a preset, a model folder or pkg.module:factory)"))
-    header = "adaptlang 1\n" + (f'model "{ref}"\n' if isinstance(ref, str) and '"' not in ref else "")
+    header = "adaptlang 1\n" + (f"model {render_string(ref)}\n" if isinstance(ref, str) else "")
     text = f"# Imported from the PEFT adapter '{folder.name}' ({kind}).\n{header}\n{block}\ntask {task} = {delta}\n"
     spec_name = f"{task}.adapt"
     text = format_text(text, spec_name)

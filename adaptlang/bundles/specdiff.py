@@ -193,7 +193,8 @@ def diff_plans(old: Any, new: Any, limit: int = 8) -> list[Change]:
     changes += _diff_named("delta", a["deltas"], b["deltas"],
                            lambda d: f"{d['kind']}: {d['site_count']} sites, {d['params']:,} parameters", compare_delta)
     changes += _diff_named("task", a["tasks"], b["tasks"],
-                           lambda t: f"trainable {t['trainable_params']:,}, bundle {t['bundle_params']:,}", compare_task)
+                           lambda t: f"trainable {t['trainable_params']:,}, bundle {t['bundle_params']:,}",
+                           compare_task)
     return changes
 
 

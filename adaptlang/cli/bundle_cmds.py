@@ -26,6 +26,7 @@ from typing import Iterator, Optional
 import typer
 from rich.text import Text
 
+from adaptlang.cli.compile_cmds import CompileOutput
 from adaptlang.errors import Diagnostic, UsageError
 
 __all__ = ["export_command", "handle_compile_out", "import_peft_command", "register", "show_command"]
@@ -59,17 +60,19 @@ def note(text: str) -> None:
 def show_command(
     bundle: Path = typer.Argument(..., help="A bundle (.safetensors).", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+    verify: bool = typer.Option(True, "--verify/--no-verify",
+                                help="Check every tensor against its sha256 (--no-verify reads the header only)."),
 ) -> None:
     """Show a bundle's manifest: task, model, plan, spec source and tensors (git textconv friendly)."""
-    from adaptlang.bundles.bundle import read_bundle
+    from adaptlang.bundles.bundle import read_bundle, read_manifest
     from adaptlang.bundles.describe import describe_file
     from adaptlang.cli.output import write_stdout
 
     if as_json:
-        manifest = read_bundle(bundle).manifest
+        manifest = read_bundle(bundle).manifest if verify else read_manifest(bundle)
         write_stdout(json.dumps(manifest, sort_keys=True, indent=2) + "\n")
         return
-    write_stdout(describe_file(bundle))
+    write_stdout(describe_file(bundle, verify=verify))
 
 
 def export_command(
@@ -106,23 +109,22 @@ def import_peft_command(
     note(f"wrote {spec} and {bundle}")
 
 
-def handle_compile_out(output: object) -> None:
+def handle_compile_out(output: CompileOutput) -> None:
     """``compile --out DIR``: plan.json, and fresh bundles when the model has weights."""
+    from adaptlang.bundles.files import make_folder
     from adaptlang.bundles.fresh import write_fresh_bundles
     from adaptlang.cli.output import write_atomic
 
-    out_dir: Path = output.out_dir  # type: ignore[attr-defined]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ref = output.model  # type: ignore[attr-defined]
+    out_dir = make_folder(output.out_dir)
+    ref = output.model
     if ref is None:  # the spec's own `model` line (the plan only keeps a portable name)
         from adaptlang.spec import load_spec
 
-        ref = load_spec(output.spec_path).model  # type: ignore[attr-defined]
-    plan, paths, why = write_fresh_bundles(output.spec_path, ref, out_dir, output.overrides)  # type: ignore[attr-defined]
-    write_atomic(out_dir / "plan.json", (plan or output.plan).to_json())  # type: ignore[attr-defined]
+        ref = load_spec(output.spec_path).model
+    plan, paths, why = write_fresh_bundles(output.spec_path, ref, out_dir, output.overrides)
+    write_atomic(out_dir / "plan.json", (plan or output.plan).to_json())
     if paths:
-        note(f"wrote {out_dir / 'plan.json'} and {len(paths)} fresh bundles: "
-             + ", ".join(p.name for p in paths))
+        note(f"wrote {out_dir / 'plan.json'} and {len(paths)} fresh bundles: " + ", ".join(p.name for p in paths))
     else:
         note(f"wrote {out_dir / 'plan.json'}; no bundles: {why}")
 

@@ -21,12 +21,10 @@ __all__ = ["inspect_command", "match_command", "presets_command", "register", "s
 
 
 def load_signature(model: str) -> Any:
-    """Loads ``model`` on the meta device and returns its signature."""
-    from adaptlang.plan.models import load_model
-    from adaptlang.plan.signature import signature_of
+    """Returns the signature of ``model`` (built on the meta device; presets come from the cache)."""
+    from adaptlang.plan.compiler import resolve_signature
 
-    module, name = load_model(model, device="meta")
-    return signature_of(module, name)
+    return resolve_signature(model)
 
 
 def find_targets(sig: Any, selector: Any) -> list[tuple[str, Optional[str]]]:

@@ -96,13 +96,15 @@ def resolve_signature(model: Any, name: str | None = None) -> Any:
         return model
     if hasattr(model, "named_modules"):
         return signature_of(model, name or type(model).__name__)
-    from adaptlang.plan.models import PRESETS, load_model
+    from adaptlang.plan.presets import PRESETS
     from adaptlang.plan.signature import load_preset_signature
 
     if isinstance(model, str) and model in PRESETS:
-        # Presets never change: their signature is built once per process.
+        # Presets never change: their signature is built once (and cached on disk).
         sig = load_preset_signature(model)
         return sig if name in (None, sig.name) else dataclasses.replace(sig, name=name)
+    from adaptlang.plan.models import load_model
+
     module, loaded_name = load_model(str(model), device="meta")
     return signature_of(module, name or _portable_name(loaded_name))
 

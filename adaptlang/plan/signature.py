@@ -17,12 +17,13 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from adaptlang.errors import Diagnostic, UsageError, did_you_mean
 from adaptlang.plan.roles import find_roles
+
+if TYPE_CHECKING:  # torch is imported where a model is read, not to use a cached signature
+    from torch import nn
 
 __all__ = [
     "ModelSignature", "ModuleInfo", "ParamInfo", "detect_family", "load_preset_signature", "signature_of",
@@ -170,19 +171,28 @@ def load_preset_signature(name: str) -> ModelSignature:
     """Returns a preset's signature (built on meta), memoised per process.
 
     Presets never change, so compiling against one twice need not rebuild a
-    70B meta model: this turns a ~40 ms compile into ~5 ms. The value is
-    shared: treat it as read-only.
+    70B meta model: this turns a ~40 ms compile into ~5 ms. Across processes
+    the signature is kept on disk (:mod:`adaptlang.plan.sigcache`), so a
+    fresh ``adaptc compile --model llama`` imports neither torch nor
+    transformers. The value is shared: treat it as read-only.
 
     Raises:
         UsageError: ``name`` is not a preset name.
     """
-    from adaptlang.plan.models import PRESETS, load_model
+    from adaptlang.plan.presets import PRESETS
+    from adaptlang.plan.sigcache import read_cached_signature, write_cached_signature
 
     if name not in PRESETS:  # directories and factories can change between calls
         raise UsageError(Diagnostic(f"'{name}' is not a model preset", obj=name,
                                     hint=did_you_mean(name, PRESETS)))
-    module, loaded = load_model(name, device="meta")
-    return signature_of(module, loaded)
+    sig = read_cached_signature(name)
+    if sig is None:
+        from adaptlang.plan.models import load_model
+
+        module, loaded = load_model(name, device="meta")
+        sig = signature_of(module, loaded)
+        write_cached_signature(name, sig)
+    return sig
 
 
 def detect_family(model: nn.Module) -> str:
@@ -215,6 +225,8 @@ def _dtype_name(dtype: Any) -> str:
 
 def _own_features(module: nn.Module) -> tuple[int, int] | None:
     """Returns the widths a module's own class defines, or None."""
+    from torch import nn
+
     if isinstance(module, nn.Linear):
         return (module.in_features, module.out_features)
     if isinstance(module, nn.Embedding):

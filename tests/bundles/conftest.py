@@ -9,7 +9,6 @@ module and parameter objects at every path, bit-identical values, the same
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,8 +183,3 @@ def trained_multitask(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
     paths = adapted.save(folder)
     return {"adapted": adapted, "paths": paths, "outputs": outputs(adapted), "folder": folder}
 
-
-@pytest.fixture
-def fresh_copy() -> Any:
-    """Returns a function giving deep copies of a model (for several loads of one base)."""
-    return copy.deepcopy

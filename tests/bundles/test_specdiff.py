@@ -50,7 +50,8 @@ def test_added_and_removed_deltas_and_tasks(base_text):
 
 def test_with_a_model_sites_gained_lost_and_counts(base_text):
     old = adaptlang.compile(adaptlang.parse(base_text), "llama")
-    new_text = base_text.replace("layers[*].self_attn.{q_proj, v_proj}", "layers[-4:].self_attn.{q_proj, k_proj, v_proj}")
+    new_text = base_text.replace("layers[*].self_attn.{q_proj, v_proj}",
+                                 "layers[-4:].self_attn.{q_proj, k_proj, v_proj}")
     new = adaptlang.compile(adaptlang.parse(new_text), "llama")
     plan = {(c.what, c.name): c.details for c in diff_plans(old, new)}
     # LANGUAGE.md: attn is 64 sites, 4,194,304 parameters on Llama-2-7B; now 3 projections x 4 layers.

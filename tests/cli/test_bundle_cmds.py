@@ -56,6 +56,17 @@ def test_show_prints_a_deterministic_readable_manifest(runner, bundles):
     assert str(bundles["qa"].parent) not in text  # no machine paths: git textconv output
 
 
+def test_show_verifies_tensors_unless_told_not_to(runner, bundles, tmp_path):
+    tampered = tmp_path / "qa.safetensors"
+    raw = bytearray(bundles["qa"].read_bytes())
+    raw[-3] ^= 0x01
+    tampered.write_bytes(bytes(raw))
+    checked = invoke(runner, "show", tampered)
+    assert checked.exit_code == 1 and "does not match its sha256 in the manifest" in checked.stderr
+    header_only = invoke(runner, "show", tampered, "--no-verify")
+    assert header_only.exit_code == 0 and header_only.stdout == invoke(runner, "show", bundles["qa"]).stdout
+
+
 def test_show_json_is_the_manifest(runner, bundles):
     result = invoke(runner, "show", bundles["both"], "--json")
     assert result.exit_code == 0

@@ -29,7 +29,8 @@ def repo(tmp_path, monkeypatch):
     (root / "specs").mkdir(parents=True)
     (root / "specs" / "common.adapt").write_text(
         "adaptlang 1\nlora shared {\n    on   layers[*].self_attn.o_proj\n    rank 2\n}\n")
-    (root / "specs" / "multitask.adapt").write_text(MULTITASK.read_text() + '\nuse "common.adapt"\ntask extra = shared\n')
+    (root / "specs" / "multitask.adapt").write_text(
+        MULTITASK.read_text() + '\nuse "common.adapt"\ntask extra = shared\n')
     git(root, "init", "-q")
     git(root, "add", ".")
     git(root, "commit", "-qm", "specs")

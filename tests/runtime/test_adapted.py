@@ -43,6 +43,7 @@ adapter c {
 task first  = a + c
 task second = b
 task half   = 0.5 * a
+task only_a = a
 """
 
 ONLY_A = """adaptlang 1
@@ -156,7 +157,7 @@ def test_summary_is_the_table_adaptc_compile_prints(rt, tmp_path):
 def test_use_switches_trainability_and_restores_as_a_context_manager(rt):
     model = tiny_llama()
     adapted = adaptlang.apply(model, TWO_TASKS, task="first")
-    assert adapted.tasks == ["first", "second", "half"]
+    assert adapted.tasks == ["first", "second", "half", "only_a"]
 
     def trainable_deltas() -> set[str]:
         names = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -246,34 +247,24 @@ class OpCounter(TorchDispatchMode):
 
 def test_inactive_tasks_deltas_cost_nothing(rt):
     batch = rt.lm_batch()
-    alone = tiny_llama()
-    with_others = tiny_llama()
-    adapted_alone = adaptlang.apply(alone, ONLY_A)
-    adapted = adaptlang.apply(with_others, TWO_TASKS, task="second")
+    adapted_alone = adaptlang.apply(tiny_llama(), ONLY_A)
+    adapted = adaptlang.apply(tiny_llama(), TWO_TASKS, task="second")
     randomize(adapted_alone, "a", seed=5)
     randomize(adapted, "a", seed=5)
     randomize(adapted, "b", "c", seed=6)
-    adapted.use("first")  # a + c
-    adapted.use("half")   # 0.5 * a
-    adapted.use("first")
-    with adapted.use("second"):
-        pass
-    # Compare task ``half`` with a at weight 0.5 against ``first`` of ONLY_A with a's B halved.
-    with torch.no_grad():
-        for key, p in adapted_alone.delta_parameters("a").items():
-            if key.endswith("/lora_B"):
-                p.mul_(0.5)
-    adapted.use("half")
+    for task in ("first", "half", "second", "only_a"):  # switching leaves nothing behind
+        adapted.use(task)
     with OpCounter() as ours:
         out = logits(adapted, batch)
     with OpCounter() as ref:
         expected = logits(adapted_alone, batch)
-    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
-    # Deltas b and c exist on the same sites but run no op at all.
+    assert torch.equal(out, expected)
+    # Deltas b and c have parts on the same sites (q_proj, mlp) but run no op at all.
     assert ours.ops == ref.ops
     adapted(**batch).loss.backward()
     for delta in ("b", "c"):
         assert all(p.grad is None for p in adapted.delta_parameters(delta).values())
+    assert all(p.grad is not None for p in adapted.delta_parameters("a").values())
 
 
 def test_adapters_run_in_the_written_order(rt):
@@ -289,6 +280,7 @@ adapter y {
 }
 task xy = x + y
 task yx = y + x
+task xhalf = 0.5 * x
 """
     model = tiny_llama()
     adapted = adaptlang.apply(model, spec)
@@ -296,9 +288,11 @@ task yx = y + x
     path = "model.layers.0.mlp"
     site = model.get_submodule(path)
 
-    def adapter(delta: str, act, h: torch.Tensor) -> torch.Tensor:
+    def adapter(delta: str, act, h: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        """``h + w * up(act(down(h)))`` (LANGUAGE.md, scale 1)."""
         p = {k.rsplit("/", 1)[1]: v for k, v in adapted.delta_parameters(delta).items()}
-        return h + F.linear(act(F.linear(h, p["down.weight"], p["down.bias"])), p["up.weight"], p["up.bias"])
+        return h + weight * F.linear(act(F.linear(h, p["down.weight"], p["down.bias"])), p["up.weight"],
+                                     p["up.bias"])
 
     h = torch.randn(2, 3, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -309,6 +303,8 @@ task yx = y + x
             yx = site(h)
         torch.testing.assert_close(xy, adapter("y", torch.tanh, adapter("x", F.relu, base)), atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(yx, adapter("x", F.relu, adapter("y", torch.tanh, base)), atol=1e-6, rtol=1e-5)
+        with adapted.use("xhalf"):  # a weight scales the adapter's residual branch
+            torch.testing.assert_close(site(h), adapter("x", F.relu, base, 0.5), atol=1e-6, rtol=1e-5)
     assert not torch.allclose(xy, yx)
 
 
@@ -337,6 +333,28 @@ def test_merge_equals_unmerged_and_unmerge_restores_the_weights(rt):
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, weights[key], atol=1e-6, rtol=0, msg=key)
     torch.testing.assert_close(logits(adapted, batch), unmerged, atol=1e-6, rtol=1e-6)
+
+
+def test_tied_and_quantized_weights_are_not_merged(rt):
+    # GPT-2's lm_head shares its weight with wte: folding a delta into it would change the embedding too.
+    torch.manual_seed(0)
+    model, _ = load_model("tiny-gpt2", device="cpu")
+    adapted = adaptlang.apply(model, "adaptlang 1\nlora l {\n    on @head, @layers[*].@qkv\n    rank 4\n}\n")
+    randomize(adapted, "l")
+    batch = rt.lm_batch()
+    unmerged = logits(adapted, batch)
+    wte = model.transformer.wte.weight.detach().clone()
+    report = adapted.merge()
+    assert report["merged"] == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]
+    assert list(report["not_merged"]) == ["lm_head"] and "tied" in report["not_merged"]["lm_head"]
+    assert torch.equal(model.transformer.wte.weight, wte)
+    torch.testing.assert_close(logits(adapted, batch), unmerged, atol=1e-5, rtol=1e-5)
+    adapted.unmerge()
+
+    qlora = adaptlang.apply(tiny_llama(), SPECS / "qlora.adapt")
+    report = qlora.merge()
+    assert report["merged"] == [] and len(report["not_merged"]) == 14
+    assert set(report["not_merged"].values()) == {"the base weight is quantized"}
 
 
 def test_switching_tasks_unmerges_first(rt):
