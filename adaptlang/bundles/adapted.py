@@ -129,7 +129,6 @@ class BundleAdapted(Adapted):
                                    base_model=base_model)
 
 
-
 def _spec_of(spec_or_plan: Any, overrides: dict[str, float] | None) -> Any:
     """Returns the checked Spec when given spec text, a path or a Spec; None for a plan."""
     from adaptlang.plan.compiler import load_spec_for_compile

@@ -10,7 +10,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import struct
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -173,6 +177,48 @@ def test_a_crash_mid_write_keeps_the_previous_files(bt, saved, monkeypatch):
     assert "No space left on device" in str(err.value) and "nothing was replaced" in str(err.value)
     assert {p: p.read_bytes() for p in paths} == old
     assert sorted(os.listdir(paths[0].parent)) == ["a.safetensors", "b.safetensors"]  # no temporaries left
+
+
+KILLED_CHILD = textwrap.dedent("""
+    import sys, time, torch
+    import adaptlang
+    from adaptlang.bundles import bundle as bundle_mod
+    from adaptlang.plan.models import load_model
+
+    torch.manual_seed(0)
+    adapted = adaptlang.apply(load_model("tiny-llama", device="cpu")[0], sys.argv[2])
+    with torch.no_grad():
+        for value in adapted.adapter_state_dict("a").values():
+            value.add_(5.0)
+    real = bundle_mod.write_safetensors
+
+    def slow(handle, tensors, metadata):
+        real(handle, tensors, metadata)
+        handle.flush()
+        print("written, not renamed", flush=True)
+        time.sleep(60)  # killed here: the file is complete on disk, the rename not done
+
+    bundle_mod.write_safetensors = slow
+    adapted.save(sys.argv[1])
+""")
+
+
+def test_a_process_killed_mid_save_leaves_the_previous_files(bt, saved):
+    adapted, paths = saved
+    old = {p: p.read_bytes() for p in paths}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(paths[0].parent), SPEC],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "written, not renamed"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert {p: p.read_bytes() for p in paths} == old
+    leftovers = [n for n in os.listdir(paths[0].parent) if n.endswith(".tmp")]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".a.safetensors.")  # hidden, never read
+    loaded = adaptlang.load(bt.tiny(), paths)  # the previous bundles, whole and valid
+    for key, value in adapted.adapter_state_dict("a").items():
+        assert torch.equal(loaded.adapter_state_dict("a")[key], value), key
 
 
 def test_a_failure_on_the_second_file_replaces_neither(bt, saved, monkeypatch):

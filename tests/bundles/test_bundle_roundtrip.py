@@ -170,3 +170,17 @@ def test_the_manifest_is_one_json_value_in_the_safetensors_metadata(trained_mult
         assert set(handle.keys()) == set(read_bundle(trained_multitask["paths"][0]).tensors)
     assert metadata["format"] == "pt"
     assert json.loads(metadata[MANIFEST_KEY])["task"] == "sentiment"
+
+
+def test_provenance_keeps_every_file_a_spec_uses_with_relative_names(bt, tmp_path):
+    (tmp_path / "specs" / "parts").mkdir(parents=True)
+    (tmp_path / "specs" / "parts" / "common.adapt").write_text(
+        "adaptlang 1\nlora shared {\n    on   layers[*].self_attn.o_proj\n    rank 2\n}\n")
+    root = tmp_path / "specs" / "main.adapt"
+    root.write_text('adaptlang 1\nuse "parts/common.adapt"\nlet r = 4\ntask t = shared\n')
+    adapted = adaptlang.apply(bt.tiny(), root, overrides={"r": 8})
+    (path,) = adapted.save(tmp_path / "out")
+    spec = read_bundle(path).manifest["spec"]
+    assert list(spec["sources"]) == ["main.adapt", "parts/common.adapt"]  # no machine paths
+    assert spec["sources"]["parts/common.adapt"] == (tmp_path / "specs" / "parts" / "common.adapt").read_text()
+    assert spec["overrides"] == {"r": 8}
