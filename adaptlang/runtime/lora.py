@@ -276,7 +276,7 @@ class LoRAGroup:
         if not self.embedding and x.dtype != a.dtype:
             x = x.to(a.dtype)
         xa = self.project(x, a)  # (..., R)
-        if y.dtype == a.dtype:
+        if y.dtype == a.dtype == xa.dtype:  # (under autocast xa may come out in the autocast dtype)
             y2 = y.reshape(-1, y.shape[-1])  # (N, out)
             xa2 = xa.reshape(-1, xa.shape[-1])  # (N, R)
             if inplace and y.is_contiguous():  # y2 is then a view of y

@@ -258,7 +258,9 @@ class SiteModule(nn.Module):
             if prog.fusable and len(args) == 1 and not kwargs and plain_linear(prog.base):
                 x = args[0]
                 group = prog.groups[0]
-                if x.dtype is group.dtype and prog.base.weight.dtype is x.dtype:
+                # Not under autocast: the fused function would mix the autocast dtype with fp32 factors.
+                if (x.dtype is group.dtype and prog.base.weight.dtype is x.dtype
+                        and not torch.is_autocast_enabled(x.device.type)):
                     return group.run_fused(x, self.training)
             y = prog.base(*args, **kwargs)
             x = args[0] if args else prog.first_input(args, kwargs)

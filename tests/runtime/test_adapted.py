@@ -74,28 +74,31 @@ def logits(adapted, batch: dict) -> torch.Tensor:
         return adapted(**batch).logits
 
 
-
 # ------------------------------------------------------------------ inputs
 def test_path_text_spec_and_plan_give_the_same_adaptation(rt):
     batch = rt.lm_batch()
     text = (SPECS / "lora.adapt").read_text()
-    results = []
+    initial, results = [], []
     for make_input in (lambda m: SPECS / "lora.adapt", lambda m: str(SPECS / "lora.adapt"), lambda m: text,
                        lambda m: adaptlang.parse(SPECS / "lora.adapt"),
                        lambda m: adaptlang.compile(SPECS / "lora.adapt", m)):
         model = tiny_llama()
         adapted = adaptlang.apply(model, make_input(model))
         assert adapted.model is model and adapted.tasks == ["default"] and adapted.active_task == "default"
+        initial.append({k: p.detach().clone() for k, p in adapted.delta_parameters("qv").items()})
         randomize(adapted, "qv", seed=1)
         results.append(logits(adapted, batch))
-    for other in results[1:]:
-        assert torch.equal(other, results[0])
+    # Same sites, same seeded initial values, same forward.
+    for values, out in zip(initial[1:], results[1:]):
+        assert values.keys() == initial[0].keys()
+        assert all(torch.equal(values[k], initial[0][k]) for k in values)
+        assert torch.equal(out, results[0])
 
 
 def test_a_plan_for_another_model_is_refused_and_nothing_changes(rt):
     plan = adaptlang.compile(SPECS / "lora.adapt", "tiny-llama")
-    model, _ = load_model("tiny-mistral", device="cpu")
-    model.model.layers = model.model.layers[:1]  # a different structure
+    model = tiny_llama()
+    model.model.layers = model.model.layers[:1]  # the same classes, one layer fewer
     before = rt.capture_state(model)
     with pytest.raises(RuntimeApplyError, match="fingerprint"):
         adaptlang.apply(model, plan)

@@ -90,7 +90,6 @@ def logits(adapted, batch: dict) -> torch.Tensor:
         return adapted(**batch).logits
 
 
-
 # ----------------------------------------------------------------- merging
 def test_merge_equals_unmerged_and_unmerge_restores_the_weights(rt):
     model = tiny_llama()
@@ -200,7 +199,7 @@ def test_remove_while_merged_restores_objects_and_values_within_rounding(rt):
         torch.testing.assert_close(value, before.values[key], atol=1e-6, rtol=0)
 
 
-def failing_after(monkeypatch, owner: type, method: str, nth: int) -> list[int]:
+def failing_after(monkeypatch, owner: type, method: str, nth: int) -> None:
     """Makes ``owner.method`` raise on its ``nth`` call, after doing its work (a half-done step)."""
     original = getattr(owner, method)
     calls = [0]
@@ -213,7 +212,6 @@ def failing_after(monkeypatch, owner: type, method: str, nth: int) -> list[int]:
         return result
 
     monkeypatch.setattr(owner, method, wrapper)
-    return calls
 
 
 def site_paths(plan: dict, kinds: tuple[str, ...]) -> list[str]:

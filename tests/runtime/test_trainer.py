@@ -142,3 +142,22 @@ def test_gradient_checkpointing_gives_the_same_gradients(task, reentrant, adapt,
     started_at_zero = zero_started(adapted)
     assert len(started_at_zero) == (0 if task == "qa_v2" else 4 + 6 + 2)  # attn, mlp, bottleneck sites
     assert all(checkpointed[n].abs().sum() > 0 for n in started_at_zero)
+
+
+@pytest.mark.parametrize("spec,task", [
+    ("lora.adapt", None),        # plain LoRA on nn.Linear: the fused path when not autocast
+    ("qlora.adapt", None),       # a quantized base computing in fp32, LoRA added to its output
+    ("multitask.adapt", "qa_v2"),
+    ("dora.adapt", None),
+])
+def test_trainer_with_bf16_autocast(spec, task, adapt, tmp_path):
+    # bf16=True on CPU runs the forward under torch.autocast: base matmuls in bf16, deltas kept in fp32.
+    model, adapted = adapt(spec, task)
+    trainable = {id(p) for _, p in adapted.trainable_parameters()}
+    tensors = every_tensor(model, adapted)
+    snapshot = {key: t.detach().clone() for key, (_, t) in tensors.items()}
+    result = make_trainer(model, tmp_path / "out", bf16=True).train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    assert all(p.dtype == torch.float32 for _, p in adapted.trainable_parameters())
+    changed = {key for key, value in snapshot.items() if not torch.equal(tensors[key][1], value)}
+    assert changed and changed <= trainable
