@@ -71,6 +71,7 @@ def loss_function(preset: str, model: torch.nn.Module):
         target = torch.randn(2, 7, 32, generator=gen)
         return lambda: torch.nn.functional.mse_loss(model(input_ids=ids, attention_mask=mask).last_hidden_state,
                                                     target)
+    # Causal LMs shift the labels; T5 decodes them from its start token.
     return lambda: model(input_ids=ids, attention_mask=mask, labels=ids).loss
 
 
@@ -125,9 +126,8 @@ def test_fresh_task_leaves_outputs_unchanged(spec, task, rt, tmp_path):
     assert torch.equal(after, before)
 
 
-@pytest.mark.parametrize("spec,task", CASES)
-def test_task_trains_and_only_its_parameters_change(spec, task, setup):
-    model, adapted, loss_fn = setup(spec, task)
+def train_and_check(model: torch.nn.Module, adapted, task: str, loss_fn) -> None:
+    """Trains the active task for STEPS steps and checks the loss and what changed (module docstring)."""
     trainable = dict(adapted.trainable_parameters())
     assert trainable, "a task with nothing to train"
     # requires_grad is set on exactly the task's non-frozen deltas, nothing else in the model.
@@ -157,6 +157,42 @@ def test_task_trains_and_only_its_parameters_change(spec, task, setup):
     stuck = [name for name, p in trainable.items() if p.grad is not None and p.grad.abs().sum() > 0
              and id(p) not in changed]
     assert not stuck
+
+
+@pytest.mark.parametrize("spec,task", CASES)
+def test_task_trains_and_only_its_parameters_change(spec, task, setup):
+    model, adapted, loss_fn = setup(spec, task)
+    train_and_check(model, adapted, task, loss_fn)
+
+
+#: One spec written with roles (LANGUAGE.md, "Roles"): it applies unchanged to every family that has them.
+PORTABLE = """adaptlang 1
+lora attn {
+    on   @layers[*].@q, @layers[*].@v
+    rank 4
+}
+adapter last_mlp {
+    after @layers[-1:].@mlp
+    size  8
+}
+ia3 gain {
+    on          @layers[0].@down
+    feedforward true
+}
+"""
+
+
+@pytest.mark.parametrize("preset,sites", [
+    ("tiny-llama", [4, 1, 1]), ("tiny-mistral", [4, 1, 1]), ("tiny-qwen2", [4, 1, 1]), ("tiny-bert", [4, 1, 1]),
+    # @layers spans both T5 stacks; a decoder block has self- and cross-attention q and v.
+    ("tiny-t5", [2 * 2 + 2 * 4, 2, 2]),
+])
+def test_a_role_based_spec_trains_on_every_family(preset, sites):
+    model, _ = load_model(preset, device="cpu")
+    adapted = adaptlang.apply(model, PORTABLE)
+    deltas = adapted.plan.to_dict()["deltas"]
+    assert [len(deltas[d]["sites"]) for d in ("attn", "last_mlp", "gain")] == sites
+    train_and_check(model, adapted, "default", loss_function(preset, model))
 
 
 def test_text_prompt_without_tokenizer_names_the_delta(rt):
