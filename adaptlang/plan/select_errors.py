@@ -96,8 +96,9 @@ def index_diagnostic(path: ast.SelPath, trace: dict[int, Any], matched: bool) ->
             for item in el.items:
                 if isinstance(item, int) and not any(-n <= item < n for n in lists.values()):
                     parent, n = next(iter(lists.items()))
+                    owner = f"'{parent}'" if parent else "the root module"
                     return Diagnostic(
-                        f"index {item} is out of range: '{parent}' has {n} items", span=el.span,
+                        f"index {item} is out of range: {owner} has {n} items", span=el.span,
                         hint=f"use 0..{n - 1}, or -{n}..-1 to count from the end")
         elif non_lists and not matched:
             return Diagnostic(

@@ -288,3 +288,18 @@ def test_matching_large_models_takes_milliseconds(sig, sel, preset: str) -> None
     # Everything inside the blocks: all modules but the root, model, embed_tokens,
     # layers, norm, rotary_emb and lm_head.
     assert len(match_modules(s, sel("layers[*].**"))) == len(s.modules) - 7
+
+
+def test_leading_index_selects_children_of_a_sequential_root():
+    """A plain ``nn.Sequential`` model: ``/[*]`` and ``/[-1]`` index the root's children."""
+    import torch.nn as nn
+
+    import adaptlang
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    plan = adaptlang.compile("adaptlang 1\nlora a { on /[*] is Linear\n rank 2 }", model)
+    assert [s["path"] for s in plan.sites_of("a")] == ["0", "2"]
+    plan = adaptlang.compile("adaptlang 1\nlora a { on /[-1]\n rank 2 }", model)
+    assert [s["path"] for s in plan.sites_of("a")] == ["2"]
+    with pytest.raises(adaptlang.BindError, match="index 5 is out of range: the root module has 3 items"):
+        adaptlang.compile("adaptlang 1\nlora a { on /[5]\n rank 2 }", model)

@@ -233,3 +233,15 @@ def test_grammar_is_package_data():
 
     text = resources.files("adaptlang.grammar").joinpath("adapt.lark").read_text(encoding="utf-8")
     assert "selector_start" in text and "task_expr" in text
+
+
+def test_a_selector_may_start_with_an_index():
+    # A plain nn.Sequential model's children are `0`, `1`, ...: `/[0:2]` picks the root's
+    # first two, `[*]` any list's children. `a.[1]` is the same selector as `a[1]`.
+    from adaptlang.syntax.parser import parse_selector
+    from adaptlang.syntax.render import render_selector
+
+    assert [type(e).__name__ for e in parse_selector("/[0:2]").include[0].elements] == ["Index"]
+    assert render_selector(parse_selector("[*] is Linear")) == "[*] is Linear"
+    assert parse_selector("a.[1]").include[0].elements[1].items == [1]
+    assert render_selector(parse_selector("a.[1]")) == "a[1]"
