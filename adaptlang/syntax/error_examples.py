@@ -154,6 +154,9 @@ def property_value(ctx: ErrorContext) -> Result:
 
 
 def property_equals(ctx: ErrorContext) -> Result:
+    if ctx.token_type != "EQUAL":
+        # The parser state after a key is the same for any bad token: only '=' is this mistake.
+        return placement_value(ctx) if ctx.key in PLACEMENT_KEYS else property_value(ctx)
     rest = ctx.line_text[ctx.col:].strip() or "VALUE"
     return ("unexpected '=' — properties are written `KEY VALUE` without '='",
             f"write `{ctx.key} {rest}`")

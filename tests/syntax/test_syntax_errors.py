@@ -126,3 +126,13 @@ def test_no_lark_exception_escapes_for_odd_input():
             parse_text(text)
         except SpecError as exc:
             assert exc.diagnostics[0].span is not None
+
+
+def test_a_bad_token_after_a_key_is_not_called_an_equals_sign():
+    # The LALR state after `on` is the same for '=' and for '(': only '=' gets the '=' hint.
+    from adaptlang.errors import SpecError
+    from adaptlang.syntax.parser import parse_text
+
+    with pytest.raises(SpecError) as err:
+        parse_text("adaptlang 1\nlora a {\n    on (a)\n}\n", "x.adapt")
+    assert "x.adapt:3:8: error: expected a selector after `on`, found '('" in str(err.value)
