@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -10,7 +11,15 @@ import pytest
 
 def pytest_configure(config: pytest.Config) -> None:
     """Keeps the preset-signature cache of this run in a fresh folder (never the user's)."""
-    os.environ["ADAPTLANG_CACHE_DIR"] = tempfile.mkdtemp(prefix="adaptlang-cache-")
+    config._adaptlang_cache = tempfile.mkdtemp(prefix="adaptlang-cache-")  # type: ignore[attr-defined]
+    os.environ["ADAPTLANG_CACHE_DIR"] = config._adaptlang_cache  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Removes the run's cache folder."""
+    folder = getattr(config, "_adaptlang_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
