@@ -253,9 +253,19 @@ class Adapted:
         """Returns the per-task table, as ``adaptc compile`` prints it."""
         return self.plan.summary()
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Calls the model."""
-        return self.model(*args, **kwargs)
+    def __call__(self, *args: Any, tasks: list[str | None] | None = None, **kwargs: Any) -> Any:
+        """Calls the model; with ``tasks``, each batch row runs under its own task, in one forward.
+
+        Args:
+            *args, **kwargs: The model call.
+            tasks: One task name per batch row (None: the bare base model); see
+                :mod:`adaptlang.runtime.mixed`. The active task is unchanged afterwards.
+        """
+        if tasks is None:
+            return self.model(*args, **kwargs)
+        from adaptlang.runtime.mixed import run_mixed
+
+        return run_mixed(self, args, kwargs, tasks)
 
     def remove(self) -> nn.Module:
         """Takes every patch off: the model exactly as before ``apply``.

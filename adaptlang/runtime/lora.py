@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaptlang.errors import Diagnostic, RuntimeApplyError
-from adaptlang.runtime.fused import fused_lora_linear
+from adaptlang.runtime.fused import TransposedFactors, lora_linear_infer, lora_linear_train, needs_grad
 from adaptlang.runtime.layers import (
     EMBEDDING, LayerInfo, adapter_dtype, describe_layer, from_out_in, module_device, module_dtype,
     out_in_view, run_layer,
@@ -202,7 +202,8 @@ class LoRAGroup:
         base: The original module (Embedding options).
     """
 
-    __slots__ = ("base", "parts", "coefs", "dropout", "embedding", "As", "Bs", "alpha", "scaled", "biases", "dtype")
+    __slots__ = ("base", "parts", "coefs", "dropout", "embedding", "As", "Bs", "alpha", "scaled", "biases", "dtype",
+                 "transposed")
 
     def __init__(self, entries: Sequence[tuple[LoRAPart, float]], base: nn.Module):
         self.base = base
@@ -217,6 +218,7 @@ class LoRAGroup:
         self.alpha = 1.0 if self.scaled else self.coefs[0]
         self.biases = [(p.lora_bias, c) for p, c in zip(self.parts, self.coefs) if p.lora_bias is not None]
         self.dtype = self.As[0].dtype
+        self.transposed = TransposedFactors()
 
     @property
     def rank(self) -> int:
@@ -252,8 +254,12 @@ class LoRAGroup:
         ``x``, its weight and the factors share one dtype.
         """
         x_d = F.dropout(x, self.dropout, True) if self.dropout and training else None
-        a, b = self.factors()
-        out = fused_lora_linear(self.base, x, x_d, a, b, self.alpha)
+        if needs_grad(x, self.base, self):
+            a, b = self.factors()
+            out = lora_linear_train(self.base, x, x_d, a, b, self.alpha)
+        else:
+            at, bt = self.transposed.get(self)
+            out = lora_linear_infer(self.base, x, x_d, at, bt, self.alpha)
         for bias, coef in self.biases:
             out = out + (bias * coef).to(out.dtype)
         return out

@@ -62,6 +62,11 @@ class Program:
         """The full forward (:func:`run_program`)."""
         return run_program(self, args, kwargs, training)
 
+    def drop_caches(self) -> None:
+        """Frees the groups' transposed factor copies (the site switched to another program)."""
+        for group in self.groups:
+            group.transposed.clear()
+
     @classmethod
     def build(cls, base: nn.Module, entries: list[tuple[nn.Module, float]], quant: Any) -> "Program":
         """Sorts ``(part, weight)`` pairs (activation order) into a program for ``base``."""

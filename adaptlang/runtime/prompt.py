@@ -133,6 +133,7 @@ class PromptController:
         self.parts: dict[str, PromptPart] = {}
         self.embed_paths: dict[str, str] = {}
         self.active: str | None = None
+        self.rows: list[str | None] | None = None  # per-row prompts of a mixed-task batch
         self._handle: Any = None
         self._arg_names: list[str] = []
         self._encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
@@ -165,6 +166,13 @@ class PromptController:
             self._arg_names = []
         self._handle = self.model.register_forward_pre_hook(self._rewrite_call, with_kwargs=True)
 
+    def set_rows(self, rows: list[str | None] | None) -> None:
+        """Gives each batch row its own prompt delta (None: none) until ``set_rows(None)``.
+
+        See :mod:`adaptlang.runtime.prompt_rows`.
+        """
+        self.rows = None if rows is None else list(rows)
+
     def set_active(self, delta: str | None) -> None:
         """Makes ``delta`` the prompt prepended to every call (None: no prompt)."""
         self.active = delta
@@ -181,7 +189,11 @@ class PromptController:
         self.active = None
 
     def _rewrite_call(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        """The forward pre-hook: prepends the active prompt to the call's inputs."""
+        """The forward pre-hook: prepends the active prompt (or each row's) to the call's inputs."""
+        if self.rows is not None:
+            from adaptlang.runtime.prompt_rows import prepend_row_prompts  # it imports this module
+
+            return prepend_row_prompts(self, args, kwargs)
         if self.active is None:
             return None
         kwargs = dict(kwargs)

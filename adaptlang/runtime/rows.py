@@ -5,9 +5,10 @@ ordered ``(delta, weight)`` list (empty: the base alone). :class:`RowProgram`
 turns that into per-row weights once (``W``: (B, n) over the union of the
 deltas), so that every part runs once for the whole batch:
 
-* plain LoRA: one concatenated product per dropout group, with a per-row
-  coefficient over the concatenated rank, ``(x @ A.T) * M`` with ``M``
-  (B, 1, R) (zero where a row does not use a part), then one ``addmm``;
+* plain LoRA: per dropout group, every row gathers its own (concatenated)
+  factors and one batched product runs for all rows
+  (:class:`~adaptlang.runtime.row_lora.RowLoRAGroup`): a single task's
+  arithmetic whatever the number of tasks;
 * DoRA: its term for all rows times the per-row weight (B, 1, 1);
 * IA3: a per-row factor ``prod_j (1 + W[:, j] (v_j - 1))`` (B, 1, n);
 * sparse (Linear/Conv1D/Embedding weights): the delta's own product ``S x``
@@ -32,8 +33,8 @@ from adaptlang.runtime.adapter import map_main_output
 from adaptlang.runtime.layers import (
     EMBEDDING, describe_layer, first_input, module_device, replace_first_input, run_layer,
 )
-from adaptlang.runtime.lora import LoRAGroup
-from adaptlang.runtime.program import FULL, dora_terms, effective_tensors, run_base
+from adaptlang.runtime.program import FULL, dora_terms, effective_tensors, output_is_private, run_base
+from adaptlang.runtime.row_lora import RowLoRAGroup
 
 __all__ = ["RowProgram"]
 
@@ -89,13 +90,7 @@ class RowProgram:
                 idx = torch.nonzero(uses[delta]).flatten()  # rows that list it (even at weight 0)
                 rows_w = _row_view(col[idx], device, part.down.weight.dtype)
                 getattr(self, part.placement).append((part, idx.to(device), rows_w, idx.numel() == self.batch))
-        for group in plain.values():
-            lora = LoRAGroup([(p, 1.0) for p, _ in group], base)
-            dtype = group[0][0].lora_A.dtype
-            # (B, R): each row's coefficient for each concatenated rank column.
-            mask = torch.cat([col.unsqueeze(1).expand(-1, p.rank) * p.scaling for p, col in group], dim=1)
-            biases = [(p.lora_bias, (col * p.scaling).to(device, dtype)) for p, col in group if p.lora_bias is not None]
-            self.groups.append((lora, mask.to(device, dtype), biases))
+        self.groups = [RowLoRAGroup(group, base, device) for group in plain.values()]
         self.override = quant is not None
         self._check_adapter_order(rows, parts)
 
@@ -126,8 +121,11 @@ class RowProgram:
 
         def adapt(h: torch.Tensor) -> torch.Tensor:
             base_out = h
-            for group, mask, biases in self.groups:
-                h = _add_masked(group, mask, biases, h, x, training)
+            # In place only into a fresh base output that DoRA does not need afterwards.
+            inplace = (self.kind is not None and not self.dora and not torch.is_grad_enabled()
+                       and (tensors is not None or output_is_private(self.base)))
+            for group in self.groups:
+                h = group.add_to(h, x, training, inplace)
             if self.dora:  # terms for every row, times each row's weight (B, 1, ...)
                 for term, w in dora_terms(self, base_out, x, tensors, training):
                     h = h + (term * w.view(-1, *([1] * (term.dim() - 1)))).to(h.dtype)
@@ -161,22 +159,6 @@ def _row_factor(entries: list[tuple[Any, torch.Tensor]], ndim: int) -> torch.Ten
         f = 1.0 + col.unsqueeze(1) * (part.ia3_l - 1.0).unsqueeze(0)  # (B, n)
         factor = f if factor is None else factor * f
     return factor.view(factor.shape[0], *([1] * (ndim - 2)), factor.shape[1])
-
-
-def _add_masked(group: LoRAGroup, mask: torch.Tensor, biases: list[tuple[torch.Tensor, torch.Tensor]],
-                y: torch.Tensor, x: torch.Tensor, training: bool) -> torch.Tensor:
-    """``y + ((x @ A.T) * M) @ B.T`` (+ per-row LoRA biases): one product with per-row coefficients."""
-    if group.dropout and training:
-        x = torch.nn.functional.dropout(x, group.dropout, True)
-    a, b = group.factors(scaled=False)
-    if not group.embedding and x.dtype != a.dtype:
-        x = x.to(a.dtype)
-    xa = group.project(x, a)  # (B, ..., R)
-    xa = xa * mask.view(mask.shape[0], *([1] * (xa.dim() - 2)), mask.shape[1])
-    delta = torch.nn.functional.linear(xa, b)  # (B, ..., out)
-    for bias, coef in biases:  # coef (B,): the part's per-row coefficient
-        delta = delta + coef.view(-1, *([1] * (delta.dim() - 1))) * bias
-    return y + delta.to(y.dtype)
 
 
 def _on_rows(h: torch.Tensor, part: Any, idx: torch.Tensor, w: torch.Tensor, every: bool, training: bool,

@@ -78,8 +78,13 @@ class SiteModule(nn.Module):
         self._active: list[tuple[str, float]] = []
         self._merged: MergeRecord | None = None
         self._merged_names: frozenset[str] = frozenset()
-        self._rows: list[list[tuple[str, float]]] | None = None
-        self._prog = Program.build(base, [], None)
+        self._rows: tuple[tuple[tuple[str, float], ...], ...] | None = None
+        self._single = Program.build(base, [], None)  # the set_active program, kept while rows run
+        self._prog: Any = self._single
+        self._row_cache: tuple[Any, Any] | None = None  # (rows, program) of the last set_rows
+        # set_active list -> its (unmerged) program; programs read tensors at call time, so they stay
+        # valid until the tensors themselves are swapped (.to(), quantize(), unwrap()).
+        self._programs: dict[tuple, Program] = {}
         self.register_state_dict_post_hook(put_base_keys_back)
         self.register_load_state_dict_pre_hook(route_base_keys)
         # A wrapper starts in the mode of what it wraps (an eval model must not start dropping out).
@@ -105,6 +110,7 @@ class SiteModule(nn.Module):
             quant = self.quant
             self.base._parameters["weight"] = nn.Parameter(quant.dequantize(quant.dtype), requires_grad=False)
             self.quant = None
+            self._programs.clear()
             self._rebuild()
         return self.base
 
@@ -194,17 +200,49 @@ class SiteModule(nn.Module):
         Raises:
             RuntimeApplyError: A delta with no part here, or one listed twice.
         """
+        key = tuple(active)
+        prog = self._programs.get(key) if self._merged is None else None
+        if prog is None:  # first time for this list (or merged): check it, unmerge, build
+            checked = self._checked(active)
+            if self._merged is not None:
+                self.unmerge()
+            prog = self._programs.get(key) or self._programs.setdefault(key, self._program_for(checked))
+            key = tuple(checked)
+        # Task switching lands here: plain attributes, written to __dict__ directly
+        # (nn.Module.__setattr__ would cost more than the switch itself).
+        attrs = self.__dict__
+        old = attrs["_single"]
+        if old is not prog:
+            old.drop_caches()
+        attrs["_active"] = list(key)
+        attrs["_rows"] = None
+        attrs["_single"] = attrs["_prog"] = prog
+
+    def prepare(self, active: list[tuple[str, float]]) -> None:
+        """Builds and keeps the program for ``active`` without activating it (``apply`` does, per task).
+
+        A later ``set_active(active)`` then only assigns it.
+
+        Raises:
+            RuntimeApplyError: As :meth:`set_active`.
+        """
+        key = tuple(active)
+        if key not in self._programs:
+            self._programs[key] = self._program_for(self._checked(active))
+
+    def _checked(self, active: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        """Returns ``active`` with float weights, or raises for unknown or repeated deltas."""
         checked = []
         for delta, weight in active:
             self._part(delta)
             checked.append((delta, float(weight)))
         if len({d for d, _ in checked}) != len(checked):
             raise RuntimeApplyError(f"a delta is listed twice in {[d for d, _ in checked]}")
-        if self._merged is not None:
-            self.unmerge()
-        self._active = checked
-        self._rows = None  # one list for every row again
-        self._rebuild()
+        return checked
+
+    def _program_for(self, checked: list[tuple[str, float]]) -> Program:
+        """The unmerged program of a checked active list."""
+        return Program.build(self.base, [(self.parts[d], w) for d, w in checked], self.quant)
 
     def set_rows(self, rows: list[list[tuple[str, float]]] | None) -> None:
         """Gives each batch row its own ordered ``(delta, weight)`` list (mixed-task batches).
@@ -224,28 +262,46 @@ class SiteModule(nn.Module):
         """
         if rows is None:
             self._rows = None
-            self._rebuild()
+            self._prog = self._single
             return
-        for row in rows:
-            for delta, _ in row:
-                self._part(delta)
+        key = tuple(tuple((d, float(w)) for d, w in row) for row in rows)
+        cached = self._row_cache
+        if cached is not None and cached[0] == key:  # the same batch layout as last time: nothing to build
+            prog = cached[1]
+        else:
+            for row in key:
+                for delta, _ in row:
+                    self._part(delta)
+            prog = self._row_program(key)  # raises before anything changes
         if self._merged is not None:
-            self.unmerge()
-        checked = [[(d, float(w)) for d, w in row] for row in rows]
-        prog = RowProgram(self.base, self.parts, checked, self.quant)  # raises before anything changes
-        self._rows, self._prog = checked, prog
+            self.unmerge()  # the program reads the weights at call time: it stays valid
+        self._rows, self._prog = key, prog
+        self._row_cache = (key, prog)
+
+    def _row_program(self, rows: tuple[tuple[tuple[str, float], ...], ...]) -> Any:
+        """The program for per-row lists: the plain one when every row lists the same deltas."""
+        if all(row == rows[0] for row in rows):
+            prog = self._programs.get(rows[0])
+            if prog is None:
+                prog = self._programs.setdefault(rows[0], self._program_for(self._checked(list(rows[0]))))
+            return prog
+        return RowProgram(self.base, self.parts, [list(row) for row in rows], self.quant)
 
     def _rebuild(self) -> None:
-        """Recomputes the forward program from the active, unmerged parts (or the per-row lists)."""
-        if self._rows is not None:
-            self._prog = RowProgram(self.base, self.parts, self._rows, self.quant)
-            return
+        """Recomputes the forward programs from the active, unmerged parts (and the per-row lists)."""
         entries = [(self.parts[d], w) for d, w in self._active if d not in self._merged_names]
-        self._prog = Program.build(self.base, entries, self.quant)
+        self._single = Program.build(self.base, entries, self.quant)
+        self._row_cache = None
+        if self._rows is not None:
+            self._prog = self._row_program(self._rows)
+            self._row_cache = (self._rows, self._prog)
+        else:
+            self._prog = self._single
 
     def _apply(self, fn: Any, recurse: bool = True) -> "SiteModule":
         # .to()/.half() may swap tensors: the program must refer to the new ones.
         out = super()._apply(fn, recurse)
+        self._programs.clear()
         self._rebuild()
         return out
 
@@ -351,6 +407,7 @@ class SiteModule(nn.Module):
         before = weight.numel() * weight.element_size()
         del self.base._parameters["weight"]
         self.quant = quant
+        self._programs.clear()
         self._rebuild()
         return {"bytes_before": before, "bytes_after": quant.nbytes()}
 

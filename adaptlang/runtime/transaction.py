@@ -311,6 +311,8 @@ def patch_model(model: nn.Module, plan_dict: dict[str, Any], *, tokenizer: Any =
         for task in plan_dict["tasks"]:
             with patch.tx.step("preparing task", task):
                 patch.configs[task] = _build_config(patch, plan_dict, task)
+                for site, active in patch.configs[task].sites:
+                    site.prepare(active)  # so that use(task) only assigns precomputed programs
     except BaseException as exc:
         errors = patch.tx.rollback()
         if errors and isinstance(exc, AdaptError):

@@ -78,14 +78,17 @@ def test_rows_with_lora_on_an_embedding():
     assert_rows_match(site, ids, [[("a", 1.0), ("b", 0.5)], [("i", 1.0)], [("b", 1.0)]])
 
 
-def test_one_concatenated_product_for_every_row():
+def test_one_batched_product_for_every_row():
     site = build_linear_site()
     site.set_rows(ROWS)
-    (group, mask, biases), = site._prog.groups  # a, b: no dropout, one group
-    assert mask.shape == (len(ROWS), 5) and len(biases) == 1
-    assert torch.equal(mask[2], torch.zeros(5))  # the base-only row
+    (group,) = site._prog.groups  # a, b: no dropout, one group
+    # Row slots: (a) and (a, b); rows without plain LoRA ride on slot 0 at coefficient 0.
+    assert [[p.rank for p in slot] for slot in group.slots] == [[2], [2, 3]] and group.rank == 5
+    assert group.row_slot.tolist() == [0, 1, 0, 0, 0, 1]
+    assert torch.equal(group.coef[2], torch.zeros(5)) and len(group.biases) == 1
     # a: w * alpha / r = 0.5 * 4 / 2; b (rsLoRA, alpha = r = 3): 1 * 3 / sqrt(3)
-    torch.testing.assert_close(mask[1], torch.tensor([1.0] * 2 + [3 ** 0.5] * 3))
+    torch.testing.assert_close(group.coef[1], torch.tensor([1.0] * 2 + [3 ** 0.5] * 3))
+    torch.testing.assert_close(group.coef[0], torch.tensor([2.0] * 2 + [0.0] * 3))  # a alone: 1 * 4 / 2
 
 
 def test_rows_in_a_llama_batch(rt):
@@ -128,4 +131,5 @@ def test_row_errors():
     norm = SiteModule.wrap(nn.LayerNorm(DIM))
     norm.add_part("s", "sparse", {"param": "weight", "k": 2}, None)
     with pytest.raises(RuntimeApplyError, match="cannot differ between rows"):
-        norm.set_rows([[("s", 1.0)]])
+        norm.set_rows([[("s", 1.0)], []])
+    norm.set_rows([[("s", 1.0)], [("s", 1.0)]])  # every row the same: the plain program, allowed
