@@ -86,11 +86,16 @@ def lora_spec(names: list[str], rank: int = 16, alpha: int = 32, on: str = ALL_L
     return "\n".join(parts + ([extra] if extra else [])) + "\n"
 
 
+#: The block Linears of a Llama-family model by name: what ``ALL_LINEAR`` matches. (PEFT's
+#: ``"all-linear"`` would also wrap Mixtral's fused 3-D expert weights and its router.)
+LINEAR_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
 def peft_lora_config(rank: int = 16, alpha: int = 32) -> Any:
-    """PEFT's LoRA config matching :func:`lora_spec` (all linear layers, dropout 0)."""
+    """PEFT's LoRA config matching :func:`lora_spec` (every block Linear, dropout 0)."""
     from peft import LoraConfig
 
-    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear")
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LINEAR_NAMES)
 
 
 def randomize(adapted: Any, deltas: list[str], seed: int = 1, scale: float = 0.02) -> None:

@@ -58,7 +58,8 @@ def interleave(cases: dict[str, Callable[[], Any]], rounds: int, *, warmup: int 
     """Times every case once per round, ``rounds`` times, rotating the order each round.
 
     Args:
-        cases: Name -> a callable doing one unit of work.
+        cases: Name -> a callable doing one unit of work, or ``(setup, fn)``: ``fn(setup())`` with
+            only ``fn`` timed (a fresh model to patch, say).
         rounds: Rounds (samples per case).
         warmup: Untimed rounds first.
         inner: Calls per sample (the sample is their mean), for sub-millisecond work.
@@ -69,22 +70,25 @@ def interleave(cases: dict[str, Callable[[], Any]], rounds: int, *, warmup: int 
     """
     sync = sync or (lambda: None)
     names = list(cases)
+    calls = {name: _split(case) for name, case in cases.items()}
     for _ in range(warmup):
         for name in names:
-            cases[name]()
+            setup, fn = calls[name]
+            fn(setup())
     samples: dict[str, list[float]] = {name: [] for name in names}
     was_enabled = gc.isenabled()
     try:
         for r in range(rounds):
             shift = r % len(names)
             for name in names[shift:] + names[:shift]:
-                fn = cases[name]
+                setup, fn = calls[name]
+                state = setup()
                 gc.collect()
                 gc.disable()  # a collection inside a sample would be charged to whichever case triggered it
                 sync()
                 start = time.perf_counter()
                 for _ in range(inner):
-                    fn()
+                    fn(state)
                 sync()
                 samples[name].append((time.perf_counter() - start) / inner)
                 gc.enable()
@@ -94,3 +98,10 @@ def interleave(cases: dict[str, Callable[[], Any]], rounds: int, *, warmup: int 
         else:
             gc.disable()
     return samples
+
+
+def _split(case: Any) -> tuple[Callable[[], Any], Callable[[Any], Any]]:
+    """Returns ``(setup, fn)`` for a case given as a callable or a ``(setup, fn)`` pair."""
+    if isinstance(case, tuple):
+        return case
+    return (lambda: None), (lambda _state: case())

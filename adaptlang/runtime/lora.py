@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaptlang.errors import Diagnostic, RuntimeApplyError
-from adaptlang.runtime.fused import TransposedFactors, lora_linear_infer, lora_linear_train, needs_grad
+from adaptlang.runtime.fused import FactorCache, lora_linear_infer, lora_linear_train, needs_grad
 from adaptlang.runtime.layers import (
     EMBEDDING, LayerInfo, adapter_dtype, describe_layer, from_out_in, module_device, module_dtype,
     out_in_view, run_layer,
@@ -93,19 +93,22 @@ class LoRAPart(nn.Module):
                  dtype: torch.dtype = torch.float32):
         super().__init__()
         check_lora_args(layer, rank, variant, init, bias, dropout)
-        self.layer_kind = layer.kind
-        self.rank = int(rank)
-        self.alpha = float(alpha if alpha is not None else rank)
-        self.dropout = 0.0 if layer.kind == EMBEDDING else float(dropout)
-        self.init = init
-        self.variant = variant
-        self.scaling = self.alpha / math.sqrt(self.rank) if variant == "rslora" else self.alpha / self.rank
+        rank, alpha = int(rank), float(alpha if alpha is not None else rank)
+        # Plain attributes and parameters go into the module's dicts directly: apply builds hundreds
+        # of parts, and nn.Module.__setattr__'s checks would cost more than the rest of __init__.
+        self.__dict__.update(
+            layer_kind=layer.kind, rank=rank, alpha=alpha, init=init, variant=variant,
+            dropout=0.0 if layer.kind == EMBEDDING else float(dropout),
+            scaling=alpha / math.sqrt(rank) if variant == "rslora" else alpha / rank)
         factory = {"device": device, "dtype": dtype}
-        self.lora_A = nn.Parameter(torch.zeros(self.rank, layer.in_features, **factory))  # (r, in)
-        self.lora_B = nn.Parameter(torch.zeros(layer.out_features, self.rank, **factory))  # (out, r)
-        self.lora_bias = nn.Parameter(torch.zeros(layer.out_features, **factory)) if bias else None
+        params = self._parameters
+        # Empty, then filled by reset_parameters (zeros first): on the meta device, where there is
+        # nothing to fill, torch.zeros would cost four times torch.empty.
+        params["lora_A"] = nn.Parameter(torch.empty(rank, layer.in_features, **factory))  # (r, in)
+        params["lora_B"] = nn.Parameter(torch.empty(layer.out_features, rank, **factory))  # (out, r)
+        params["lora_bias"] = nn.Parameter(torch.empty(layer.out_features, **factory)) if bias else None
         # DoRA's (out,) magnitude; set by init_magnitude once the base weight is known.
-        self.magnitude: nn.Parameter | None = None
+        params["magnitude"] = None
         self.reset_parameters(generator)
 
     @property
@@ -115,6 +118,8 @@ class LoRAPart(nn.Module):
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Fills A and B as ``init`` says (module docstring); the bias starts at zero."""
+        if self.lora_A.is_meta:
+            return  # no values to fill (compiling or sizing a model): the fills would only cost dispatch
         with torch.no_grad():
             self.lora_A.zero_()
             self.lora_B.zero_()
@@ -203,7 +208,7 @@ class LoRAGroup:
     """
 
     __slots__ = ("base", "parts", "coefs", "dropout", "embedding", "As", "Bs", "alpha", "scaled", "biases", "dtype",
-                 "transposed")
+                 "cache")
 
     def __init__(self, entries: Sequence[tuple[LoRAPart, float]], base: nn.Module):
         self.base = base
@@ -218,7 +223,7 @@ class LoRAGroup:
         self.alpha = 1.0 if self.scaled else self.coefs[0]
         self.biases = [(p.lora_bias, c) for p, c in zip(self.parts, self.coefs) if p.lora_bias is not None]
         self.dtype = self.As[0].dtype
-        self.transposed = TransposedFactors()
+        self.cache = FactorCache()
 
     @property
     def rank(self) -> int:
@@ -258,8 +263,8 @@ class LoRAGroup:
             a, b = self.factors()
             out = lora_linear_train(self.base, x, x_d, a, b, self.alpha)
         else:
-            at, bt = self.transposed.get(self)
-            out = lora_linear_infer(self.base, x, x_d, at, bt, self.alpha)
+            a, b = self.cache.get(self)
+            out = lora_linear_infer(self.base, x, x_d, a, b, self.alpha)
         for bias, coef in self.biases:
             out = out + (bias * coef).to(out.dtype)
         return out

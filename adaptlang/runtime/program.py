@@ -63,9 +63,9 @@ class Program:
         return run_program(self, args, kwargs, training)
 
     def drop_caches(self) -> None:
-        """Frees the groups' transposed factor copies (the site switched to another program)."""
+        """Frees the groups' concatenated factors (the site switched to another program)."""
         for group in self.groups:
-            group.transposed.clear()
+            group.cache.clear()
 
     @classmethod
     def build(cls, base: nn.Module, entries: list[tuple[nn.Module, float]], quant: Any) -> "Program":

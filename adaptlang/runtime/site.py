@@ -72,23 +72,26 @@ class SiteModule(nn.Module):
 
     def __init__(self, base: nn.Module):
         super().__init__()
-        self.base = base
-        self.parts = nn.ModuleDict()
-        self.quant: QuantizedWeight | None = None
-        self._active: list[tuple[str, float]] = []
-        self._merged: MergeRecord | None = None
-        self._merged_names: frozenset[str] = frozenset()
-        self._rows: tuple[tuple[tuple[str, float], ...], ...] | None = None
-        self._single = Program.build(base, [], None)  # the set_active program, kept while rows run
-        self._prog: Any = self._single
-        self._row_cache: tuple[Any, Any] | None = None  # (rows, program) of the last set_rows
-        # set_active list -> its (unmerged) program; programs read tensors at call time, so they stay
-        # valid until the tensors themselves are swapped (.to(), quantize(), unwrap()).
-        self._programs: dict[tuple, Program] = {}
+        # Registered and set directly: nn.Module.__setattr__'s checks cost more than the rest of
+        # wrapping, which apply does once per site (hundreds on a 70B model).
+        self._modules["base"] = base
+        self._modules["parts"] = nn.ModuleDict()
+        single = Program.build(base, [], None)
+        self.__dict__.update(
+            quant=None,  # the quantized storage of the base weight (a module) once quantize() runs
+            _active=[], _merged=None, _merged_names=frozenset(),
+            _rows=None,  # per-row lists while a mixed-task batch runs
+            _single=single,  # the set_active program, kept while rows run
+            _prog=single,
+            _row_cache=None,  # (rows, program) of the last set_rows
+            # set_active list -> its (unmerged) program; programs read tensors at call time, so they stay
+            # valid until the tensors themselves are swapped (.to(), quantize(), unwrap()).
+            _programs={},
+            # A wrapper starts in the mode of what it wraps (an eval model must not start dropping out).
+            training=base.training,
+        )
         self.register_state_dict_post_hook(put_base_keys_back)
         self.register_load_state_dict_pre_hook(route_base_keys)
-        # A wrapper starts in the mode of what it wraps (an eval model must not start dropping out).
-        self.training = base.training
 
     @classmethod
     def wrap(cls, base: nn.Module) -> "SiteModule":
