@@ -278,7 +278,7 @@ def task_join(ctx: ErrorContext) -> Result:
 
 S = "start"
 EXAMPLES: list[tuple] = [
-    (version, [f"adaptlang\n", "adaptlang x\n"], S),
+    (version, ["adaptlang\n", "adaptlang x\n"], S),
     (statement, [f"{_H}= 1\n", f"{_H}8\n", f"{_H}*\n", f"{_H}(\n", "= 1\n", "\n= 1\n"], S),
     (end_of_statement, [f"{_H}model llama x\n", "adaptlang 1 2\n", f'{_H}use "a" b\n',
                         f"{_H}lora a {{\n}} x\n", f"{_H}model llama {{\n"], S),
