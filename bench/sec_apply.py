@@ -113,7 +113,7 @@ def run_real(rounds: int) -> list[Row]:
                      (">=", 5.0), invert=True, note=note)]
 
 
-def run(quick: bool) -> list[Row]:
+def run(setting: Any, quick: bool) -> list[Row]:
     """Runs section 1 and returns its rows."""
     rows: list[Row] = []
     for name in ("llama", "llama-2-70b", "mixtral-8x7b"):

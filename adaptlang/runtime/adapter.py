@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaptlang.errors import Diagnostic, RuntimeApplyError, did_you_mean
-from adaptlang.runtime.layers import adapter_dtype, describe_layer, module_device, module_dtype
+from adaptlang.runtime.layers import adapter_dtype, describe_layer, filling_values, module_device, module_dtype
 
 __all__ = ["ACTIVATIONS", "PLACEMENTS", "AdapterPart", "build_adapter_part", "map_main_output"]
 
@@ -81,6 +81,8 @@ class AdapterPart(nn.Module):
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """``down`` as nn.Linear's default (from ``generator``); ``up`` zero."""
+        if not filling_values():
+            return  # values about to be loaded (deferred_values)
         with torch.no_grad():
             nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5), generator=generator)
             bound = 1.0 / math.sqrt(self.down.in_features)

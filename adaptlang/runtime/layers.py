@@ -19,6 +19,9 @@ with the parameter, so in-place merges through it change the real weight.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "CONV1D", "EMBEDDING", "LINEAR", "LayerInfo", "adapter_dtype", "describe_layer", "first_input",
+    "CONV1D", "EMBEDDING", "LINEAR", "LayerInfo", "adapter_dtype", "deferred_values", "describe_layer",
+    "filling_values", "first_input",
     "module_device", "module_dtype", "out_in_view", "replace_first_input", "run_layer",
 ]
 
@@ -51,8 +55,9 @@ class LayerInfo:
     out_features: int | None
 
 
+@functools.lru_cache(maxsize=1)
 def _conv1d_class() -> type | None:
-    """Returns transformers' GPT-2 ``Conv1D`` class, or None without transformers."""
+    """Returns transformers' GPT-2 ``Conv1D`` class, or None without transformers (looked up once)."""
     try:
         from transformers.pytorch_utils import Conv1D
     except Exception:  # noqa: BLE001 - transformers is optional at this layer
@@ -114,6 +119,9 @@ def run_layer(kind: str, module: nn.Module, x: torch.Tensor, weight: torch.Tenso
 
 def module_device(module: nn.Module) -> torch.device:
     """Returns the device of a module's first parameter or buffer (CPU for none)."""
+    weight = module._parameters.get("weight")
+    if weight is not None:  # the common case, without walking the module tree
+        return weight.device
     for tensor in module.parameters():
         return tensor.device
     for tensor in module.buffers():
@@ -123,6 +131,9 @@ def module_device(module: nn.Module) -> torch.device:
 
 def module_dtype(module: nn.Module) -> torch.dtype:
     """Returns the dtype of a module's first floating parameter (float32 for none)."""
+    weight = module._parameters.get("weight")
+    if weight is not None and weight.is_floating_point():
+        return weight.dtype
     for tensor in module.parameters():
         if tensor.is_floating_point():
             return tensor.dtype
@@ -168,3 +179,27 @@ def replace_first_input(args: tuple[Any, ...], kwargs: dict[str, Any],
         return (value,) + tuple(args[1:]), kwargs
     key = _first_key(kwargs)
     return args, {**kwargs, key: value}
+
+
+_DEFER = contextvars.ContextVar("adaptlang_defer_values", default=False)
+
+
+@contextlib.contextmanager
+def deferred_values() -> Any:
+    """Within it, new LoRA and adapter parts skip their initial values (memory as allocated).
+
+    For callers that overwrite every value right away, such as loading a
+    bundle: drawing random initial values for millions of entries that are
+    then replaced costs a quarter of a 7B load. DoRA magnitudes are not
+    computed either. Other kinds (IA3, sparse, prompts) initialise as usual.
+    """
+    token = _DEFER.set(True)
+    try:
+        yield
+    finally:
+        _DEFER.reset(token)
+
+
+def filling_values() -> bool:
+    """False inside :func:`deferred_values`."""
+    return not _DEFER.get()

@@ -40,7 +40,7 @@ from torch import nn
 from adaptlang.errors import Diagnostic, RuntimeApplyError
 from adaptlang.runtime.fused import FactorCache, lora_linear_infer, lora_linear_train, needs_grad
 from adaptlang.runtime.layers import (
-    EMBEDDING, LayerInfo, adapter_dtype, describe_layer, from_out_in, module_device, module_dtype,
+    EMBEDDING, LayerInfo, adapter_dtype, describe_layer, filling_values, from_out_in, module_device, module_dtype,
     out_in_view, run_layer,
 )
 
@@ -118,8 +118,8 @@ class LoRAPart(nn.Module):
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Fills A and B as ``init`` says (module docstring); the bias starts at zero."""
-        if self.lora_A.is_meta:
-            return  # no values to fill (compiling or sizing a model): the fills would only cost dispatch
+        if self.lora_A.is_meta or not filling_values():
+            return  # no values to fill (a meta model), or values about to be loaded (deferred_values)
         with torch.no_grad():
             self.lora_A.zero_()
             self.lora_B.zero_()
@@ -323,6 +323,9 @@ def build_lora_part(base: nn.Module, site: dict[str, Any], generator: torch.Gene
         init=site.get("init", "kaiming"), variant=site.get("variant", "lora"), bias=bool(site.get("bias", False)),
         generator=generator, device=module_device(base), dtype=adapter_dtype(module_dtype(base)))
     if part.dora:
+        if not filling_values():  # loaded right after: an empty magnitude of the right shape will do
+            part.magnitude = nn.Parameter(torch.empty_like(part.lora_B[:, 0]))
+            return part
         if weight_oi is None:
             weight_oi = out_in_view(layer.kind, base.weight)
         part.init_magnitude(weight_oi)

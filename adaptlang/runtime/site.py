@@ -135,9 +135,10 @@ class SiteModule(nn.Module):
             RuntimeApplyError: Unknown kind, a delta already here, or a module
                 the delta cannot act on.
         """
-        if delta in self.parts:
+        parts = self._modules["parts"]  # (module lookups through __getattr__ cost more than the checks)
+        if delta in parts:
             raise RuntimeApplyError(Diagnostic(f"delta '{delta}' already has a part at this site", obj=delta))
-        base = self.base
+        base = self._modules["base"]
         if kind == "lora":
             dense = None
             if self.quant is not None:  # DoRA's magnitude starts from the weight in use
@@ -154,8 +155,9 @@ class SiteModule(nn.Module):
                                                hint=did_you_mean(kind, PART_KINDS)))
         if self.quant is not None and self.quant.device != module_device(part):
             part.to(self.quant.device)  # a quantized base may have no tensor left to take the device from
-        part.train(self.training)
-        self.parts[delta] = part
+        if part.training != self.training:
+            part.train(self.training)
+        parts[delta] = part
         return part
 
     def _param_values(self, name: str) -> torch.Tensor:
@@ -170,7 +172,8 @@ class SiteModule(nn.Module):
         return tensor.detach()
 
     def _part(self, delta: str) -> nn.Module:
-        part = self.parts[delta] if delta in self.parts else None
+        parts = self._modules["parts"]
+        part = parts[delta] if delta in parts else None
         if part is None:
             raise RuntimeApplyError(Diagnostic(f"no delta '{delta}' at this site", obj=delta,
                                                hint=did_you_mean(delta, list(self.parts))))
@@ -245,7 +248,8 @@ class SiteModule(nn.Module):
 
     def _program_for(self, checked: list[tuple[str, float]]) -> Program:
         """The unmerged program of a checked active list."""
-        return Program.build(self.base, [(self.parts[d], w) for d, w in checked], self.quant)
+        parts = self._modules["parts"]
+        return Program.build(self._modules["base"], [(parts[d], w) for d, w in checked], self.quant)
 
     def set_rows(self, rows: list[list[tuple[str, float]]] | None) -> None:
         """Gives each batch row its own ordered ``(delta, weight)`` list (mixed-task batches).
