@@ -171,7 +171,7 @@ def run(setting: Setting, quick: bool) -> list[Row]:
     ids = ids.to(setting.device)
     check_equal(models, ids)
     sync = sync_for(setting)
-    rows = forward_rows(models, ids, 5 if quick else 15, sync)
+    rows = forward_rows(models, ids, 5 if quick else 25, sync)
     tokens = setting.batch * setting.seq
     floor = lora_flops_ratio(setting.config, 16, setting.batch, tokens)
     rows[2].note = (f"batch {setting.batch} x {setting.seq}, {setting.dtype}; arithmetic floor "
