@@ -176,5 +176,5 @@ def run(setting: Setting, quick: bool) -> list[Row]:
     floor = lora_flops_ratio(setting.config, 16, setting.batch, tokens)
     rows[2].note = (f"batch {setting.batch} x {setting.seq}, {setting.dtype}; arithmetic floor "
                     f"{floor:.3f}x (multiply-adds of the block Linears and the head)")
-    rows += train_rows(models, ids, 3 if quick else 7, sync)
+    rows += train_rows(models, ids, 3 if quick else 9, sync)
     return rows

@@ -1,4 +1,4 @@
-"""The LoRA hot path on a plain ``nn.Linear``: the base product and the low-rank one, fused.
+"""The LoRA hot path: :class:`LoRAGroup` (stacked parts as one product) and the fused ``nn.Linear``.
 
 A site whose only active deltas are plain LoRA parts (one dropout group) on
 an unhooked ``nn.Linear`` computes ``y = x W^T + b + alpha * (x A^T) B^T``
@@ -19,14 +19,19 @@ module, none global, exactly ``nn.Linear``); :func:`plain_linear` checks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _torch_module
 
-__all__ = ["FusedLoRALinear", "FactorCache", "lora_linear_infer", "lora_linear_train", "needs_grad", "plain_linear"]
+from adaptlang.runtime.layers import EMBEDDING
+
+__all__ = [
+    "FactorCache", "FusedLoRALinear", "LoRAGroup", "lora_linear_infer", "lora_linear_train", "needs_grad",
+    "plain_linear",
+]
 
 
 def plain_linear(base: nn.Module) -> bool:
@@ -160,3 +165,111 @@ def lora_linear_train(base: nn.Linear, x: torch.Tensor, x_d: torch.Tensor | None
                       b: torch.Tensor, alpha: float) -> torch.Tensor:
     """As :func:`lora_linear_infer`, recorded for autograd (:class:`FusedLoRALinear`); ``a`` (R, in), ``b`` (out, R)."""
     return FusedLoRALinear.apply(x, base.weight, base.bias, a, b, alpha, x_d)
+
+
+class LoRAGroup:
+    """Plain LoRA parts active at one site with one dropout probability, run as one product.
+
+    ``y + x @ cat(A_i).T @ cat(c_i B_i).T``: one matmul for A, one ``addmm``
+    for B and the addition, whatever the number of parts. Built once per
+    ``set_active``; only the concatenation of the (trainable) factors is
+    redone per call.
+
+    Args:
+        entries: ``(part, weight)`` pairs (not DoRA), in activation order.
+        base: The original module (Embedding options).
+    """
+
+    __slots__ = ("base", "parts", "coefs", "dropout", "embedding", "As", "Bs", "alpha", "scaled", "biases", "dtype",
+                 "cache")
+
+    def __init__(self, entries: Sequence[tuple[Any, float]], base: nn.Module):
+        self.base = base
+        self.parts = [p for p, _ in entries]
+        self.coefs = [w * p.scaling for p, w in entries]
+        self.dropout = self.parts[0].dropout
+        self.embedding = self.parts[0].layer_kind == EMBEDDING
+        self.As = tuple(p.lora_A for p in self.parts)
+        self.Bs = tuple(p.lora_B for p in self.parts)
+        # One alpha for addmm when every coefficient is equal; else B columns are scaled per part.
+        self.scaled = len(set(self.coefs)) > 1
+        self.alpha = 1.0 if self.scaled else self.coefs[0]
+        self.biases = [(p.lora_bias, c) for p, c in zip(self.parts, self.coefs) if p.lora_bias is not None]
+        self.dtype = self.As[0].dtype
+        self.cache = FactorCache()
+
+    @property
+    def rank(self) -> int:
+        """The concatenated rank R."""
+        return sum(p.rank for p in self.parts)
+
+    def factors(self, scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(A, B)``: (R, in) and (out, R).
+
+        Args:
+            scaled: Scale B's columns by their part's coefficient when the
+                coefficients differ (else ``alpha`` carries the one coefficient);
+                False gives the bare factors (per-row coefficients apply them).
+        """
+        if len(self.As) == 1:
+            return self.As[0], self.Bs[0]
+        a = torch.cat(self.As, 0)  # (R, in)
+        if self.scaled and scaled:
+            return a, torch.cat([b * c for b, c in zip(self.Bs, self.coefs)], 1)  # (out, R)
+        return a, torch.cat(self.Bs, 1)
+
+    def project(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Returns ``x @ A.T`` (..., R): a matmul, or a gather of A's columns for ids."""
+        if self.embedding:
+            return F.embedding(x, a.t(), self.base.padding_idx, None, 2.0, self.base.scale_grad_by_freq,
+                               self.base.sparse)
+        return F.linear(x, a)
+
+    def run_fused(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """Returns ``base(x)`` plus every part's contribution, fused (:mod:`adaptlang.runtime.fused`).
+
+        The caller checked that the base is a plain ``nn.Linear`` and that
+        ``x``, its weight and the factors share one dtype.
+        """
+        x_d = F.dropout(x, self.dropout, True) if self.dropout and training else None
+        if needs_grad(x, self.base, self):
+            a, b = self.factors()
+            out = lora_linear_train(self.base, x, x_d, a, b, self.alpha)
+        else:
+            a, b = self.cache.get(self)
+            out = lora_linear_infer(self.base, x, x_d, a, b, self.alpha)
+        for bias, coef in self.biases:
+            out = out + (bias * coef).to(out.dtype)
+        return out
+
+    def add_to(self, y: torch.Tensor, x: torch.Tensor, training: bool, inplace: bool = False) -> torch.Tensor:
+        """Returns ``y`` plus every part's contribution for input ``x``.
+
+        Args:
+            y: The output so far, (..., out).
+            x: The input, (..., in) or ids.
+            training: Whether dropout is on.
+            inplace: ``y`` is a fresh base output nobody else holds: add into
+                it (``addmm_``), which saves allocating and writing a second
+                output (about a third of LoRA's cost on CPU). Autograd allows
+                it: Linear, Conv1D and Embedding do not save their output.
+        """
+        if self.dropout and training:
+            x = F.dropout(x, self.dropout, True)
+        a, b = self.factors()
+        if not self.embedding and x.dtype != a.dtype:
+            x = x.to(a.dtype)
+        xa = self.project(x, a)  # (..., R)
+        if y.dtype == a.dtype == xa.dtype:  # (under autocast xa may come out in the autocast dtype)
+            y2 = y.reshape(-1, y.shape[-1])  # (N, out)
+            xa2 = xa.reshape(-1, xa.shape[-1])  # (N, R)
+            if inplace and y.is_contiguous():  # y2 is then a view of y
+                y2.addmm_(xa2, b.t(), alpha=self.alpha)
+                out = y
+            else:
+                out = torch.addmm(y2, xa2, b.t(), alpha=self.alpha).view(y.shape)
+        else:  # a half-precision base with fp32 factors: add in the factors' dtype, then cast back
+            out = (y + F.linear(xa, b) * self.alpha).to(y.dtype)
+        for bias, coef in self.biases:
+            out = out + (bias * coef).to(out.dtype)
+        return out
