@@ -106,7 +106,6 @@ def run_real(rounds: int) -> list[Row]:
         raise AssertionError("the 1B model was not restored between rounds")
     check_same(adaptlang.apply(model, SPEC), get_peft_model(load_model("llama-3.2-1b", device="meta")[0],
                                                             peft_lora_config(), low_cpu_mem_usage=True))
-    del model
     note = "random fp32 weights, 1.24B parameters; PEFT with its defaults (adapter values initialised)"
     return [make_row(SECTION, "llama-3.2-1b (real): PEFT get_peft_model", t["peft"]),
             make_row(SECTION, "llama-3.2-1b (real): ours compile+apply", t["ours"], "PEFT (speed-up)", t["peft"],

@@ -49,7 +49,7 @@ from adaptlang.runtime.fused import plain_linear
 from adaptlang.runtime.ia3 import build_ia3_part
 from adaptlang.runtime.layers import describe_layer, module_device, out_in_view
 from adaptlang.runtime.lora import build_lora_part
-from adaptlang.runtime.merging import MERGEABLE_KINDS, MergeRecord, merge_parts, unmerge_parts
+from adaptlang.runtime.merging import MERGEABLE_KINDS, merge_parts, unmerge_parts
 from adaptlang.runtime.program import BASE_ONLY, LORA_ONLY, Program, output_is_private
 from adaptlang.runtime.quant import QuantizedWeight
 from adaptlang.runtime.sparse import build_sparse_part
