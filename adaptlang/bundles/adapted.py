@@ -178,8 +178,9 @@ def apply_spec_or_plan(model: nn.Module, target: Any, spec: Any, overrides: dict
     """
     from adaptlang.plan.signature import signature_of
 
-    structure = describe_structure(signature_of(model))  # before any module is wrapped
-    adapted = runtime_apply(model, target, adapted_cls=BundleAdapted, **kwargs)
+    sig = signature_of(model)  # before any module is wrapped; read once, for both uses
+    structure = describe_structure(sig)
+    adapted = runtime_apply(model, target, adapted_cls=BundleAdapted, signature=sig, **kwargs)
     assert isinstance(adapted, BundleAdapted)
     provenance = {}
     if spec is not None:

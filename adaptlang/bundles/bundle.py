@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from adaptlang.bundles.files import read_header, read_tensors, tensor_sha256, write_files, write_safetensors
+from adaptlang.bundles.files import hash_tensors, read_header, read_tensors, write_files, write_safetensors
 from adaptlang.bundles.manifest import (
     BUNDLE_FORMAT, MANIFEST_KEY, Provenance, check_manifest_fields, expected_bundle, manifest_json, sha256_text,
     split_key,
@@ -105,7 +105,7 @@ def build_bundle(path: Path, task: str, task_plan: dict[str, Any], tensors: dict
         "task_plan": task_plan,
         "model": model,
         "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
-        "tensors": {key: tensor_sha256(value) for key, value in stored.items()},
+        "tensors": hash_tensors(stored),
     }
     return Bundle(path, manifest, stored)
 
@@ -154,8 +154,9 @@ def read_bundle(path: Path | str) -> Bundle:
     if set(manifest["tensors"]) != set(header.tensors):
         raise BundleError(Diagnostic("the manifest's tensor table does not list the file's tensors", obj=where))
     tensors = read_tensors(header)
+    digests = hash_tensors(tensors)
     for key, tensor in tensors.items():
-        if tensor_sha256(tensor) != manifest["tensors"][key]:
+        if digests[key] != manifest["tensors"][key]:
             raise BundleError(Diagnostic(
                 f"tensor '{key}' does not match its sha256 in the manifest", obj=where,
                 hint="the file was changed or corrupted after it was written; use an intact copy"))

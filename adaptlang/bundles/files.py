@@ -34,7 +34,7 @@ from adaptlang.errors import BundleError, Diagnostic
 
 __all__ = [
     "DTYPES", "SafetensorsHeader", "TensorEntry", "commit_files", "make_folder", "read_header", "read_tensors",
-    "tensor_bytes", "tensor_sha256", "write_files",
+    "hash_tensors", "tensor_bytes", "tensor_sha256", "write_files",
 ]
 
 #: safetensors dtype names <-> torch dtypes (the ones bundles and PEFT adapters use).
@@ -70,6 +70,23 @@ def tensor_bytes(tensor: torch.Tensor) -> int:
 def tensor_sha256(tensor: torch.Tensor) -> str:
     """Returns the sha256 of the bytes a tensor is stored as (dtype and layout included)."""
     return hashlib.sha256(_as_bytes_view(tensor)).hexdigest()
+
+
+def hash_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Returns :func:`tensor_sha256` of every tensor, computed on all cores.
+
+    hashlib releases the GIL while it hashes a large buffer, so threads hash
+    several tensors at once; for a 7B-shaped LoRA bundle (160 MB) this is
+    most of what reading one costs.
+    """
+    workers = min(len(tensors), os.cpu_count() or 1)
+    if workers <= 1:
+        return {key: tensor_sha256(value) for key, value in tensors.items()}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        digests = pool.map(tensor_sha256, tensors.values())
+        return dict(zip(tensors, digests))
 
 
 # ------------------------------------------------------------------ writing

@@ -153,11 +153,20 @@ def merge_plans(parts: list[tuple[dict[str, Any], Bundle]], report: dict[str, li
 
 
 def _copy_tensors(adapted: BundleAdapted, loaded: list[tuple[str, Bundle]]) -> None:
-    """Copies every bundle's tensors into the patched model's delta parameters and buffers."""
+    """Copies every bundle's tensors into the patched model's delta parameters and buffers.
+
+    Every tensor of every loaded task must be written: the parts were built
+    without initial values (``deferred_values``), so one left out would hold
+    whatever the allocation held.
+    """
     copied: set[str] = set()
     with torch.no_grad():
         for task, bundle in loaded:
             targets = adapted.bundle_tensors(task)
+            missing = sorted(set(targets) - set(bundle.tensors) - copied)
+            if missing:
+                raise BundleError(Diagnostic(f"the bundle has no values for '{missing[0]}'",
+                                             obj=str(bundle.path), notes=tuple(missing[1:5])))
             for key, value in bundle.tensors.items():
                 if key in copied:
                     continue
@@ -197,6 +206,7 @@ def load(model: nn.Module, path_or_paths: Any, *, strict: bool = True, task: str
     from adaptlang.plan.plan import Plan
     from adaptlang.plan.signature import signature_of
     from adaptlang.runtime.adapted import apply as runtime_apply
+    from adaptlang.runtime.layers import deferred_values
     from adaptlang.runtime.transaction import check_not_adapted
 
     paths = _paths(path_or_paths)
@@ -208,8 +218,9 @@ def load(model: nn.Module, path_or_paths: Any, *, strict: bool = True, task: str
     merged, loaded = merge_plans(parts, report)
     plan = Plan(merged)
     first = task or loaded[0][0]
-    adapted = runtime_apply(model, plan, task=first, tokenizer=tokenizer or PlaceholderTokenizer(),
-                            keep_base=keep_base, adapted_cls=BundleAdapted)
+    with deferred_values():  # every value is about to be overwritten: drawing random ones is waste
+        adapted = runtime_apply(model, plan, task=first, tokenizer=tokenizer or PlaceholderTokenizer(),
+                                keep_base=keep_base, adapted_cls=BundleAdapted, signature=sig)
     assert isinstance(adapted, BundleAdapted)
     try:
         _copy_tensors(adapted, loaded)

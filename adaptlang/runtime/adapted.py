@@ -311,7 +311,8 @@ def activate_config(config: TaskConfig, patch: Patch) -> None:
 
 
 def apply(model: nn.Module, spec_or_plan: Any, *, task: str | None = None, tokenizer: Any = None,
-          seed: int = 0, keep_base: bool = False, adapted_cls: type[Adapted] = Adapted) -> Adapted:
+          seed: int = 0, keep_base: bool = False, adapted_cls: type[Adapted] = Adapted,
+          signature: Any = None) -> Adapted:
     """Patches ``model`` in place with a spec's or plan's deltas and activates one task.
 
     Args:
@@ -325,6 +326,7 @@ def apply(model: nn.Module, spec_or_plan: Any, *, task: str | None = None, token
             ``remove()`` restores them exactly.
         adapted_cls: The class of the handle to build (a subclass of
             :class:`Adapted`; the bundles layer adds saving and export).
+        signature: ``model``'s signature, if the caller has read it already.
 
     Returns:
         The :class:`Adapted` handle.
@@ -335,7 +337,7 @@ def apply(model: nn.Module, spec_or_plan: Any, *, task: str | None = None, token
         SpecError, BindError: From compiling a spec.
     """
     check_not_adapted(model)
-    plan = bind_plan(model, spec_or_plan)
+    plan = bind_plan(model, spec_or_plan, signature)
     plan_dict = plan.to_dict()
     if task is not None and task not in plan_dict["tasks"]:
         raise RuntimeApplyError(Diagnostic(

@@ -251,12 +251,12 @@ def find_fingerprint_differences(plan_dict: dict[str, Any], sig: Any, limit: int
     return diffs[:limit]
 
 
-def _check_fingerprint(plan: Any, model: nn.Module) -> None:
+def _check_fingerprint(plan: Any, model: nn.Module, sig: Any = None) -> None:
     """Raises RuntimeApplyError when ``model`` is not the model ``plan`` was compiled for."""
     from adaptlang.plan.signature import signature_of
 
     plan_dict = plan.to_dict()
-    sig = signature_of(model)
+    sig = sig if sig is not None else signature_of(model)
     expected = plan_dict["model"]["fingerprint"]
     if sig.fingerprint == expected:
         return
@@ -270,13 +270,15 @@ def _check_fingerprint(plan: Any, model: nn.Module) -> None:
     )
 
 
-def bind_plan(model: nn.Module, spec_or_plan: Any) -> Any:
+def bind_plan(model: nn.Module, spec_or_plan: Any, signature: Any = None) -> Any:
     """Returns a plan for ``model``: compiled from a spec, or checked if given one.
 
     Args:
         model: The real model to patch.
         spec_or_plan: A ``Plan``, a ``Spec``, a ``.adapt`` path, spec text, or
             a plan JSON file (``*.json``).
+        signature: ``model``'s signature when the caller has already read it
+            (reading a large model's structure twice is most of an apply).
 
     Returns:
         The ``Plan``.
@@ -292,6 +294,6 @@ def bind_plan(model: nn.Module, spec_or_plan: Any) -> Any:
     if isinstance(spec_or_plan, (str, Path)) and str(spec_or_plan).endswith(".json"):
         spec_or_plan = Plan.from_json(Path(spec_or_plan).read_text())
     if isinstance(spec_or_plan, Plan):
-        _check_fingerprint(spec_or_plan, model)
+        _check_fingerprint(spec_or_plan, model, signature)
         return spec_or_plan
-    return compile_plan(spec_or_plan, model)
+    return compile_plan(spec_or_plan, model if signature is None else signature)
