@@ -158,10 +158,7 @@ def apply_with_provenance(model: nn.Module, spec_or_plan: Any, *, overrides: dic
     Returns:
         The :class:`BundleAdapted`.
     """
-    from adaptlang.runtime.transaction import check_not_adapted
-
-    check_not_adapted(model)
-    spec = _spec_of(spec_or_plan, overrides)
+    spec = _spec_of(spec_or_plan, overrides)  # the runtime refuses an adapted model before patching
     return apply_spec_or_plan(model, spec if spec is not None else spec_or_plan, spec, overrides, **kwargs)
 
 
