@@ -14,7 +14,6 @@ import gc
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-import torch
 from torch import nn
 
 from adaptlang.errors import AdaptError, Diagnostic, RuntimeApplyError

@@ -2,14 +2,13 @@
 
 Test directories have no ``__init__.py``, so helpers reach tests as the
 ``bt`` fixture rather than by importing this module by name. The state
-helpers mirror ``tests/runtime/conftest.py``: "untouched" means the same
+helpers come from ``tests/model_state.py``: "untouched" means the same
 module and parameter objects at every path, bit-identical values, the same
 ``requires_grad`` flags, hooks and attribute names.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,10 @@ import torch
 from torch import nn
 
 import adaptlang
+from tests.model_state import assert_same_state, capture_state
 
 REPO = Path(__file__).resolve().parents[2]
 MULTITASK = REPO / "specs" / "multitask.adapt"
-
-_HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_state_dict_hooks",
-                "_load_state_dict_pre_hooks")
-
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
@@ -89,47 +85,6 @@ def outputs(adapted: Any, tasks: list[str] | None = None) -> dict[str, torch.Ten
             adapted.use(task)
             result[task] = adapted(**batch(seed=7)).logits.clone()
     return result
-
-
-@dataclass
-class ModelState:
-    """Everything that must be identical after a failed load."""
-
-    modules: dict[str, nn.Module]
-    types: dict[str, type]
-    params: dict[str, nn.Parameter]
-    flags: dict[str, bool]
-    values: dict[str, torch.Tensor]
-    hooks: dict[str, tuple[int, ...]]
-    attrs: dict[str, frozenset[str]]
-
-
-def capture_state(model: nn.Module) -> ModelState:
-    """Records a model's module/parameter objects, values, flags, hooks and attribute names."""
-    modules = dict(model.named_modules(remove_duplicate=False))
-    params = dict(model.named_parameters(remove_duplicate=False))
-    return ModelState(
-        modules=modules, types={k: type(m) for k, m in modules.items()}, params=params,
-        flags={k: p.requires_grad for k, p in params.items()},
-        values={k: v.detach().clone() for k, v in model.state_dict().items()},
-        hooks={k: tuple(len(getattr(m, t)) for t in _HOOK_TABLES) for k, m in modules.items()},
-        attrs={k: frozenset(m.__dict__) for k, m in modules.items()})
-
-
-def assert_same_state(model: nn.Module, before: ModelState) -> None:
-    """Asserts ``model`` is exactly as ``before`` recorded."""
-    after = capture_state(model)
-    assert list(after.modules) == list(before.modules)
-    for path, module in before.modules.items():
-        assert after.modules[path] is module, f"module object at '{path}' changed"
-    assert list(after.params) == list(before.params)
-    for name, param in before.params.items():
-        assert after.params[name] is param, f"parameter object '{name}' changed"
-        assert after.flags[name] == before.flags[name], f"requires_grad of '{name}' changed"
-    for key, value in before.values.items():
-        assert torch.equal(after.values[key], value), f"value of '{key}' changed"
-    assert after.hooks == before.hooks
-    assert after.attrs == before.attrs
 
 
 class Helpers:

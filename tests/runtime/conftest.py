@@ -8,17 +8,14 @@ what "the model exactly as before" means.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-_HOOK_TABLES = (
-    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-    "_state_dict_hooks", "_load_state_dict_pre_hooks",
-)
+from tests.model_state import assert_same_state, capture_state
+
 
 
 @pytest.fixture(autouse=True)
@@ -77,54 +74,6 @@ def lm_batch(batch: int = 2, length: int = 7, vocab: int = 64, seed: int = 1) ->
     mask[0, :2] = 0
     labels = ids.masked_fill(mask == 0, -100)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-@dataclass
-class ModelState:
-    """Everything that must be identical after ``remove()`` or a failed apply."""
-
-    modules: dict[str, nn.Module]
-    types: dict[str, type]
-    params: dict[str, nn.Parameter]
-    flags: dict[str, bool]
-    values: dict[str, torch.Tensor]
-    hooks: dict[str, tuple[int, ...]]
-    attrs: dict[str, frozenset[str]]
-
-
-def capture_state(model: nn.Module) -> ModelState:
-    """Records a model's module/parameter objects, values, flags, hooks and attributes."""
-    modules = dict(model.named_modules(remove_duplicate=False))
-    params = dict(model.named_parameters(remove_duplicate=False))
-    return ModelState(
-        modules=modules,
-        types={k: type(m) for k, m in modules.items()},
-        params=params,
-        flags={k: p.requires_grad for k, p in params.items()},
-        values={k: v.detach().clone() for k, v in model.state_dict().items()},
-        hooks={k: tuple(len(getattr(m, t)) for t in _HOOK_TABLES) for k, m in modules.items()},
-        attrs={k: frozenset(m.__dict__) for k, m in modules.items()},
-    )
-
-
-def assert_same_state(model: nn.Module, before: ModelState) -> None:
-    """Asserts ``model`` is exactly as ``before`` recorded (objects, values, flags, hooks)."""
-    after = capture_state(model)
-    assert list(after.modules) == list(before.modules)
-    for path, module in before.modules.items():
-        assert after.modules[path] is module, f"module object at '{path}' changed"
-        assert after.types[path] is before.types[path]
-    assert list(after.params) == list(before.params)
-    for name, param in before.params.items():
-        assert after.params[name] is param, f"parameter object '{name}' changed"
-        assert after.flags[name] == before.flags[name], f"requires_grad of '{name}' changed"
-    assert list(after.values) == list(before.values)
-    for key, value in before.values.items():
-        now = after.values[key]
-        assert now.dtype == value.dtype and now.shape == value.shape, key
-        assert torch.equal(now, value), f"value of '{key}' changed"
-    assert after.hooks == before.hooks
-    assert after.attrs == before.attrs
 
 
 def changed_params(before: dict[str, torch.Tensor], model: nn.Module) -> set[str]:
