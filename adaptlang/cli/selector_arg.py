@@ -1,16 +1,13 @@
 """Parsing a selector given on the command line (``adaptc match SELECTOR``).
 
-A selector is parsed with :func:`adaptlang.syntax.parser.parse_selector` when
-the parser exposes it. Otherwise it is wrapped in a one-delta spec,
-``adaptlang 1`` / ``tune x { params SELECTOR }``, parsed with ``parse_text``,
-and the ``params`` value is taken. Either way, error spans are mapped back
-onto the selector text, so diagnostics read ``<selector>:1:COL`` with the
-caret under the user's own text.
+The selector is parsed with :func:`adaptlang.syntax.parser.parse_selector`;
+error spans are mapped onto the selector text (:func:`remap`, which also
+shifts spans of a selector embedded after a prefix), so diagnostics read
+``<selector>:1:COL`` with the caret under the user's own text.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +18,6 @@ __all__ = ["SELECTOR_FILE", "parse_selector_arg", "selector_error"]
 #: The file name that selector diagnostics show.
 SELECTOR_FILE = "<selector>"
 
-_PREFIX = "tune x { params "
 _WRAPPED_LINE = 2
 
 
@@ -33,8 +29,7 @@ def parse_selector_arg(text: str) -> tuple[Any, int]:
 
     Returns:
         ``(selector, offset)``: the parsed :class:`~adaptlang.syntax.ast.Selector`
-        and how many columns its spans are shifted right of ``text`` (0 when
-        parsed directly, the wrapper's prefix length otherwise).
+        and how many columns its spans are shifted right of ``text`` (0).
 
     Raises:
         UsageError: For an empty or multi-line selector.
@@ -43,27 +38,12 @@ def parse_selector_arg(text: str) -> tuple[Any, int]:
     if not text.strip() or "\n" in text or "\r" in text:
         raise UsageError(Diagnostic("a selector is one non-empty line", obj="SELECTOR",
                                     hint="for example: 'layers[*].self_attn.q_proj'"))
-    from adaptlang.syntax import parser
+    from adaptlang.syntax.parser import parse_selector
 
-    direct = getattr(parser, "parse_selector", None)
     try:
-        if direct is not None:
-            if "file" in inspect.signature(direct).parameters:
-                return direct(text, file=SELECTOR_FILE), 0
-            return direct(text), 0
-        module = parser.parse_text(f"adaptlang 1\n{_PREFIX}{text} }}\n", file=SELECTOR_FILE)
+        return parse_selector(text, file=SELECTOR_FILE), 0
     except AdaptError as exc:
-        raise selector_error(exc, text, 0 if direct is not None else len(_PREFIX)) from None
-    return wrapped_selector(module, text), len(_PREFIX)
-
-
-def wrapped_selector(module: Any, text: str) -> Any:
-    """Takes the ``params`` value out of the one-delta wrapper spec."""
-    for stmt in module.statements:
-        props = getattr(stmt, "properties", None)
-        if props:
-            return props[0].value
-    raise UsageError(Diagnostic(f"cannot read {text!r} as a selector", obj="SELECTOR"))
+        raise selector_error(exc, text, 0) from None
 
 
 def selector_error(exc: AdaptError, text: str, offset: int) -> AdaptError:
