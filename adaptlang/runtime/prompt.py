@@ -2,8 +2,8 @@
 
 The prompt vectors live in a ``ModuleDict`` registered on the root model as
 ``adaptlang_prompts`` (so ``model.parameters()``, optimisers and the HF
-``Trainer`` see them), and a forward pre-hook with kwargs on the root model
-rewrites each call while a prompt delta is active:
+``Trainer`` see them), and forward hooks rewrite each call while a prompt
+delta is active (:mod:`adaptlang.runtime.prompt_calls` has the rules):
 
 * ``input_ids`` become ``inputs_embeds`` (through the model's input embedding
   module at the plan's site, wrappers included) and the prompt (B, N, D) is
@@ -12,7 +12,12 @@ rewrites each call while a prompt delta is active:
   ``position_ids`` / ``cache_position`` are shifted by N behind ``0..N-1``;
 * ``labels`` shaped like the input get N ``-100`` in front (causal and masked
   LMs); per-sequence labels (classification) are left alone;
-* on encoder-decoder models (T5) only the encoder input changes.
+* decoding with a KV cache: the prompt enters the cache once, with the first
+  call; later steps only shift masks and positions to match, so
+  ``generate()`` gives the same tokens with and without the cache;
+* on encoder-decoder models (T5) the encoder's input gets the prompt (also
+  when ``generate()`` runs the encoder directly) and the decoder's
+  cross-attention mask covers it.
 
 This reproduces PEFT's ``PromptTuningConfig`` forward for default positions
 (PEFT drops explicit ``position_ids``/``token_type_ids``; we extend them,
@@ -21,15 +26,21 @@ which gives the same result when they are the defaults).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import math
-from typing import Any, Callable
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from adaptlang.errors import Diagnostic, RuntimeApplyError
 from adaptlang.runtime.binding import resolve_module
+from adaptlang.runtime.prompt_calls import (
+    MARKS, Layout, cache_length, continue_step, expand_rows, find_cache, prepend,
+)
+from adaptlang.runtime.prompt_rows import build_layout, prompt_block, takes_position_ids
 
 __all__ = ["PROMPT_ATTR", "PromptPart", "PromptController"]
 
@@ -110,19 +121,22 @@ def init_prompt(part: PromptPart, site: dict[str, Any], embed: nn.Module, gen: t
         part.weight.copy_(values.to(part.weight.device))
 
 
-def _cache_length(cache: Any) -> int:
-    """Returns how many positions a KV cache already holds (0 for none)."""
-    if cache is None:
-        return 0
-    if hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length())
-    if isinstance(cache, (tuple, list)) and cache and cache[0] is not None:
-        return int(cache[0][0].shape[-2])
-    return 0
+#: The prompt choice of the calls made in the current context (see :meth:`PromptController.call_scope`):
+#: ``(controller, prompt, rows)``, or None.
+_CALL: contextvars.ContextVar[tuple[Any, str | None, tuple[str | None, ...] | None] | None] = \
+    contextvars.ContextVar("adaptlang_prompt_call", default=None)
+#: Layout of the call now running in this context, from the root's pre-hook to its forward hook.
+_RUNNING: contextvars.ContextVar[Any] = contextvars.ContextVar("adaptlang_prompt_running", default=None)
 
 
 class PromptController:
-    """Owns the prompt parts of one adapted model and the hook that uses them.
+    """Owns the prompt parts of one adapted model and the hooks that use them.
+
+    Decoder-only models get a pre-hook and a forward hook on the root; an
+    encoder-decoder model (T5) gets them on its encoder (``get_encoder()``),
+    where ``generate()`` runs it directly, plus a root pre-hook that extends
+    the mask the decoder's cross-attention uses. What the hooks do is in
+    :mod:`adaptlang.runtime.prompt_calls`.
 
     Args:
         model: The root model.
@@ -134,9 +148,10 @@ class PromptController:
         self.embed_paths: dict[str, str] = {}
         self.active: str | None = None
         self.rows: list[str | None] | None = None  # per-row prompts of a mixed-task batch
-        self._handle: Any = None
-        self._arg_names: list[str] = []
+        self._handles: list[Any] = []
+        self._arg_names: dict[int, list[str]] = {}
         self._encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+        self._explicit_positions = not self._encoder_decoder and takes_position_ids(model)
 
     def add(self, delta: str, site: dict[str, Any], gen: torch.Generator, tokenizer: Any = None) -> PromptPart:
         """Creates, initialises and registers one prompt delta.
@@ -151,25 +166,43 @@ class PromptController:
         init_prompt(part, site, embed, gen, tokenizer, delta)
         if PROMPT_ATTR not in self.model._modules:
             self.model.add_module(PROMPT_ATTR, nn.ModuleDict())
-            self._install_hook()
+            self._install_hooks()
         self.model._modules[PROMPT_ATTR][delta] = part
         self.parts[delta] = part
         self.embed_paths[delta] = site["path"]
         return part
 
-    def _install_hook(self) -> None:
-        """Registers the root pre-hook (once)."""
-        try:
-            params = inspect.signature(self.model.forward).parameters.values()
-            self._arg_names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        except (TypeError, ValueError):  # builtins or odd callables: keyword calls only
-            self._arg_names = []
-        self._handle = self.model.register_forward_pre_hook(self._rewrite_call, with_kwargs=True)
+    def _install_hooks(self) -> None:
+        """Registers the hooks (once): on the root, and on the encoder of an encoder-decoder model."""
+        root = self.model
+        if self._encoder_decoder:
+            encoder = root.get_encoder() if callable(getattr(root, "get_encoder", None)) else None
+            if not isinstance(encoder, nn.Module) or encoder is root:
+                raise RuntimeApplyError(Diagnostic(
+                    f"prompt tuning: cannot find the encoder of {type(root).__name__}", obj=type(root).__name__,
+                    hint="encoder-decoder models need get_encoder()"))
+            self._remember_args(encoder)
+            self._handles.append(encoder.register_forward_pre_hook(self._on_encoder, with_kwargs=True))
+            self._handles.append(encoder.register_forward_hook(self._after_encoder))
+        self._remember_args(root)
+        self._handles.append(root.register_forward_pre_hook(self._on_root, with_kwargs=True))
+        if not self._encoder_decoder:
+            self._handles.append(root.register_forward_hook(self._after_root, always_call=True))
 
+    def _remember_args(self, module: nn.Module) -> None:
+        """Keeps the names of ``module.forward``'s positional parameters (to read positional calls)."""
+        try:
+            params = inspect.signature(module.forward).parameters.values()
+            names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        except (TypeError, ValueError):  # builtins or odd callables: keyword calls only
+            names = []
+        self._arg_names[id(module)] = names
+
+    # ------------------------------------------------------------- choosing
     def set_rows(self, rows: list[str | None] | None) -> None:
         """Gives each batch row its own prompt delta (None: none) until ``set_rows(None)``.
 
-        See :mod:`adaptlang.runtime.prompt_rows`.
+        This changes the model for every caller; per-call choices use :meth:`call_scope`.
         """
         self.rows = None if rows is None else list(rows)
 
@@ -177,71 +210,189 @@ class PromptController:
         """Makes ``delta`` the prompt prepended to every call (None: no prompt)."""
         self.active = delta
 
+    @contextlib.contextmanager
+    def call_scope(self, prompt: str | None, rows: list[str | None] | None = None) -> Iterator[None]:
+        """Makes calls in the current context (this thread or task) use ``prompt``, or per-row ``rows``.
+
+        Other threads keep seeing :meth:`set_active`'s choice: the choice
+        travels in a ``contextvars`` context, not in the model.
+        """
+        token = _CALL.set((self, prompt, None if rows is None else tuple(rows)))
+        try:
+            yield
+        finally:
+            _CALL.reset(token)
+
+    def _names(self, batch: int) -> tuple[str | None, ...] | None:
+        """Returns each row's prompt for a call of ``batch`` rows, or None when no row has one."""
+        scoped = _CALL.get()
+        if scoped is not None and scoped[0] is self:
+            prompt, rows = scoped[1], scoped[2]
+        else:
+            prompt, rows = self.active, (None if self.rows is None else tuple(self.rows))
+        if rows is not None:
+            if all(r is None for r in rows):
+                return None
+            return expand_rows(rows, batch)
+        return None if prompt is None else (prompt,) * batch
+
+    def _layout(self, names: tuple[str | None, ...]) -> Layout:
+        """Returns the layout of one call whose rows have the prompts ``names``."""
+        tokens = {n: self.parts[n].tokens for n in set(names) if n is not None}
+        return build_layout(names, tokens, self._explicit_positions)
+
     def remove(self) -> None:
-        """Removes the hook and the ``adaptlang_prompts`` module; forgets every part."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        """Removes the hooks and the ``adaptlang_prompts`` module; forgets every part."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
         if PROMPT_ATTR in self.model._modules:
             del self.model._modules[PROMPT_ATTR]
         self.parts.clear()
         self.embed_paths.clear()
         self.active = None
 
-    def _rewrite_call(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        """The forward pre-hook: prepends the active prompt (or each row's) to the call's inputs."""
-        if self.rows is not None:
-            from adaptlang.runtime.prompt_rows import prepend_row_prompts  # it imports this module
-
-            return prepend_row_prompts(self, args, kwargs)
-        if self.active is None:
-            return None
+    # ---------------------------------------------------------------- hooks
+    def _keywords(self, module: nn.Module, args: tuple, kwargs: dict) -> dict:
+        """Returns the call as keywords only."""
         kwargs = dict(kwargs)
         if args:
-            if len(args) > len(self._arg_names):
+            names = self._arg_names.get(id(module), [])
+            if len(args) > len(names):
                 raise RuntimeApplyError("prompt tuning: too many positional arguments; call the model with keywords")
-            kwargs.update(zip(self._arg_names, args))
-        if kwargs.get("encoder_outputs") is not None:
-            return None  # the encoder already ran (with its prompt); the decoder is untouched
+            kwargs.update(zip(names, args))
+        return kwargs
+
+    def _inputs(self, kwargs: dict) -> torch.Tensor | None:
+        """Returns the call's input embeddings (B, L, D), looking ``input_ids`` up; pops ``input_ids``."""
         input_ids = kwargs.pop("input_ids", None)
         embeds = kwargs.get("inputs_embeds")
-        if input_ids is None and embeds is None:
-            return None  # nothing to prepend to (e.g. a decoder-only step)
-        if _cache_length(kwargs.get("past_key_values")) > 0:
-            raise RuntimeApplyError(Diagnostic(
-                "prompt tuning does not support decoding with a KV cache",
-                obj=self.active, hint="call generate(..., use_cache=False)"))
-        if embeds is None:
-            embed = resolve_module(self.model, self.embed_paths[self.active])
-            embeds = embed(input_ids)  # (B, L, D)
-        part = self.parts[self.active]
-        batch, length, n = embeds.shape[0], embeds.shape[1], part.tokens
-        kwargs["inputs_embeds"] = torch.cat([part.expand(batch, embeds.dtype), embeds], dim=1)  # (B, N+L, D)
-        self._extend_extras(kwargs, batch, length, n)
+        if embeds is None and input_ids is not None:
+            name = next(iter(self.embed_paths))  # every prompt delta sits on the input embedding
+            embeds = resolve_module(self.model, self.embed_paths[name])(input_ids)  # (B, L, D)
+        return embeds
+
+    def _on_root(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """Root pre-hook: the prompt on a decoder-only model; the cross-attention mask on an encoder-decoder."""
+        _RUNNING.set(None)
+        if self._encoder_decoder:
+            return self._extend_cross_mask(module, args, kwargs)
+        kwargs = self._keywords(module, args, kwargs)
+        cache = find_cache(kwargs)
+        past = cache_length(cache)
+        marked = MARKS.get(cache) if past > 0 else None
+        main = _main_input(kwargs)
+        if not isinstance(main, torch.Tensor):
+            return None  # nothing to prepend to
+        names = self._names(main.shape[0])
+        if past > 0:
+            return self._decoding_step(kwargs, cache, past, marked, names, main)
+        if names is None:
+            return None
+        embeds = self._inputs(kwargs)
+        layout = self._layout(names)
+        prepend(kwargs, embeds, prompt_block(self.parts, layout, embeds.dtype, embeds.device), layout, labels=True)
+        if cache is not None:
+            MARKS.put(cache, layout)
+        _RUNNING.set(layout)
         return (), kwargs
 
-    def _extend_extras(self, kwargs: dict, batch: int, length: int, n: int) -> None:
-        """Extends masks, type ids, positions and labels by the N prompt positions."""
-        def prefix(name: str, make: Callable[[torch.Tensor], torch.Tensor]) -> None:
-            value = kwargs.get(name)
-            if isinstance(value, torch.Tensor):
-                kwargs[name] = torch.cat([make(value), value], dim=-1)
+    def _decoding_step(self, kwargs: dict, cache: Any, past: int, marked: Layout | None,
+                       names: tuple[str | None, ...] | None, main: torch.Tensor) -> tuple[tuple, dict] | None:
+        """A call whose cache already holds positions: line it up with the prompt the cache holds."""
+        batch = main.shape[0]
+        if marked is None:
+            if names is None:
+                return None  # a cache without prompts, and no prompt now: nothing of ours
+            raise RuntimeApplyError(Diagnostic(
+                f"the KV cache holds {past} positions computed without prompt '{_first(names)}'",
+                obj=_first(names), hint="start the sequence with the prompt active (pass no cache, or an empty one)"))
+        held = marked.for_batch(batch).names
+        if names != held:
+            now = "no prompt" if names is None else f"prompt '{_first(names)}'"
+            raise RuntimeApplyError(Diagnostic(
+                f"the KV cache holds prompt '{_first(held)}'; the call now runs {now}", obj=_first(held),
+                hint="finish the sequence under the task it started with, or start again without the cache"))
+        length = main.shape[1]
+        continue_step(kwargs, marked, past, batch, length, main.device)
+        return (), kwargs
 
+    def _after_root(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """Root forward hook: marks a cache the model made during a prompted call (``use_cache`` without one)."""
+        layout = _RUNNING.get()
+        if layout is None:
+            return
+        _RUNNING.set(None)
+        values = output.values() if isinstance(output, dict) else output if isinstance(output, tuple) else ()
+        for value in values:
+            if value is not None and callable(getattr(value, "get_seq_length", None)) and MARKS.get(value) is None:
+                MARKS.put(value, layout)
+
+    def _extend_cross_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """Encoder-decoder root: the decoder's cross-attention mask must cover the encoder's prompt too."""
+        kwargs = self._keywords(module, args, kwargs)
+        encoded = kwargs.get("encoder_outputs")
         mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() != 2:
-            raise RuntimeApplyError("prompt tuning needs a 2-D attention_mask (batch, length)")
-        prefix("attention_mask", lambda m: m.new_ones(m.shape[0], n))  # (B, N)
-        prefix("token_type_ids", lambda t: t.new_zeros(t.shape[0], n))  # (B, N)
-        pos = kwargs.get("position_ids")
-        if isinstance(pos, torch.Tensor):
-            head = torch.arange(n, device=pos.device, dtype=pos.dtype).expand(*pos.shape[:-1], n)
-            kwargs["position_ids"] = torch.cat([head, pos + n], dim=-1)  # (B, N+L)
-        cache_pos = kwargs.get("cache_position")
-        if isinstance(cache_pos, torch.Tensor):
-            start = int(cache_pos[0]) if cache_pos.numel() else 0
-            kwargs["cache_position"] = torch.arange(
-                start, start + n + length, device=cache_pos.device, dtype=cache_pos.dtype)  # (N+L,)
-        labels = kwargs.get("labels")
-        if (not self._encoder_decoder and isinstance(labels, torch.Tensor) and labels.dim() == 2
-                and labels.shape == (batch, length)):
-            kwargs["labels"] = torch.cat([labels.new_full((batch, n), -100), labels], dim=1)  # (B, N+L)
+        if encoded is not None:
+            layout = MARKS.get(encoded)
+            hidden = encoded[0]  # (B, P+L, D) when the encoder ran with a prompt
+            if layout is None or not isinstance(mask, torch.Tensor) or mask.shape[-1] == hidden.shape[1]:
+                if layout is not None and mask is None and layout.padded:
+                    kwargs["attention_mask"] = torch.cat([layout.for_batch(hidden.shape[0]).mask.to(hidden.device),
+                                                          hidden.new_ones(hidden.shape[0], hidden.shape[1] - layout.width,
+                                                                          dtype=torch.long)], dim=1)
+                    return (), kwargs
+                return None
+            if mask.shape[-1] + layout.width != hidden.shape[1]:
+                raise RuntimeApplyError(Diagnostic(
+                    f"attention_mask covers {mask.shape[-1]} positions; the encoder output has {hidden.shape[1]} "
+                    f"(a {layout.width}-token prompt included)", obj="attention_mask"))
+            kwargs["attention_mask"] = torch.cat([layout.for_batch(mask.shape[0]).mask.to(mask), mask], dim=1)
+            return (), kwargs
+        main = _main_input(kwargs)
+        if not isinstance(main, torch.Tensor):
+            return None
+        names = self._names(main.shape[0])
+        if names is None:
+            return None
+        layout = self._layout(names)
+        if mask is None:
+            mask = torch.ones(main.shape[0], main.shape[1], dtype=torch.long, device=main.device)
+        elif mask.dim() != 2 or mask.shape[-1] != main.shape[1]:
+            raise RuntimeApplyError(f"attention_mask must be (batch, length) = {tuple(main.shape[:2])}")
+        kwargs["attention_mask"] = torch.cat([layout.mask.to(mask), mask], dim=1)  # (B, P+L): the encoder keeps it
+        return (), kwargs
+
+    def _on_encoder(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """Encoder pre-hook (encoder-decoder models): the prompt in front of the encoder's input."""
+        kwargs = self._keywords(module, args, kwargs)
+        main = _main_input(kwargs)
+        if not isinstance(main, torch.Tensor):
+            return None
+        names = self._names(main.shape[0])
+        if names is None:
+            _RUNNING.set(None)
+            return None
+        embeds = self._inputs(kwargs)
+        layout = self._layout(names)
+        prepend(kwargs, embeds, prompt_block(self.parts, layout, embeds.dtype, embeds.device), layout, labels=False)
+        _RUNNING.set(layout)
+        return (), kwargs
+
+    def _after_encoder(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """Encoder forward hook: records which prompt its output holds, for the decoder steps that use it."""
+        layout = _RUNNING.get()
+        if layout is not None:
+            _RUNNING.set(None)
+            MARKS.put(output, layout)
+
+
+def _main_input(kwargs: dict) -> torch.Tensor | None:
+    """The call's ``inputs_embeds``, else its ``input_ids`` (either may be passed as None)."""
+    embeds = kwargs.get("inputs_embeds")
+    return embeds if isinstance(embeds, torch.Tensor) else kwargs.get("input_ids")
+
+
+def _first(names: tuple[str | None, ...]) -> str | None:
+    """The first named prompt of a row list (for messages)."""
+    return next((n for n in names if n is not None), None)

@@ -1,20 +1,19 @@
-"""Soft prompts in a mixed-task batch: each row gets its own prompt, or none.
+"""The prompt block of one call: every row's prompt, right-aligned, padded in front to the longest.
 
 Rows of one batch may run tasks with different prompts (of different
-lengths) or no prompt at all. With ``P`` the longest prompt of the batch,
-row ``r`` with a prompt of ``n_r`` tokens becomes::
+lengths) or no prompt at all (mixed-task batches). With ``P`` the longest
+prompt of the batch, row ``r`` with a prompt of ``n_r`` tokens gets::
 
-    [ P - n_r padding | its n_r prompt vectors | its L inputs ]
+    [ P - n_r padding | its n_r prompt vectors ]
 
-so every row's real inputs sit at the same last ``L`` positions of the
-output. The padding is zeros, masked out of attention (``attention_mask``
-0 there), and never seen by the row's other positions. So that each row sees
-the positions it would see alone (prompt at ``0..n_r-1``, inputs from
-``n_r`` on), ``position_ids`` are passed explicitly when the model's forward
-takes them (absolute position embeddings, GPT-2 and BERT) and some row is
-padded; models without that argument use relative positions (T5), which
-the shift does not change. Labels get ``P`` times ``-100`` in front, as with
-one prompt. Encoder-decoder models change only the encoder input.
+in front of its inputs, so every row's real inputs sit at the same last
+``L`` positions. The padding is zeros, masked out of attention, and never
+seen by the row's other positions; so that each row sees the positions it
+would see alone, positions are passed explicitly when the model's forward
+takes ``position_ids`` (absolute position embeddings, GPT-2 and BERT) and
+some row is padded (:mod:`adaptlang.runtime.prompt_calls`). Models without
+that argument use relative positions (T5), which the shift does not change.
+When every row has the same prompt the block is that prompt, expanded.
 """
 
 from __future__ import annotations
@@ -24,91 +23,49 @@ from typing import Any
 
 import torch
 
-from adaptlang.errors import Diagnostic, RuntimeApplyError
-from adaptlang.runtime.binding import resolve_module
-from adaptlang.runtime.prompt import _cache_length
+from adaptlang.runtime.prompt_calls import Layout
 
-__all__ = ["prepend_row_prompts"]
+__all__ = ["build_layout", "prompt_block", "takes_position_ids"]
 
 
-def _takes_position_ids(model: Any) -> bool:
-    """True when the model's forward has a ``position_ids`` parameter."""
+def takes_position_ids(module: Any) -> bool:
+    """True when the module's forward has a ``position_ids`` parameter."""
     try:
-        return "position_ids" in inspect.signature(model.forward).parameters
+        return "position_ids" in inspect.signature(module.forward).parameters
     except (TypeError, ValueError):
         return False
 
 
-def prepend_row_prompts(ctrl: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    """The root pre-hook's work while rows run different prompts (module docstring).
+def build_layout(names: tuple[str | None, ...], tokens: dict[str, int], explicit_positions: bool) -> Layout:
+    """Returns the layout of rows whose prompts are ``names`` (None: no prompt).
 
     Args:
-        ctrl: The :class:`~adaptlang.runtime.prompt.PromptController`; ``ctrl.rows``
-            holds each row's prompt delta (None: no prompt).
-        args, kwargs: The model call.
-
-    Returns:
-        The rewritten ``(args, kwargs)``, or None to leave the call alone.
-
-    Raises:
-        RuntimeApplyError: A batch whose size differs from the rows', a KV cache, or a mask that is not 2-D.
+        names: Per row, the prompt delta.
+        tokens: Prompt delta -> its number of tokens.
+        explicit_positions: The model takes ``position_ids`` (and is not an encoder-decoder).
     """
-    rows: list[str | None] = ctrl.rows
-    kwargs = dict(kwargs)
-    if args:
-        if len(args) > len(ctrl._arg_names):
-            raise RuntimeApplyError("prompt tuning: too many positional arguments; call the model with keywords")
-        kwargs.update(zip(ctrl._arg_names, args))
-    if kwargs.get("encoder_outputs") is not None:
-        return None  # the encoder already ran (with its prompts)
-    input_ids = kwargs.pop("input_ids", None)
-    embeds = kwargs.get("inputs_embeds")
-    if input_ids is None and embeds is None:
-        return None
-    named = [r for r in rows if r is not None]
-    if _cache_length(kwargs.get("past_key_values")) > 0:
-        raise RuntimeApplyError(Diagnostic("prompt tuning does not support decoding with a KV cache",
-                                           obj=named[0], hint="call generate(..., use_cache=False)"))
-    if embeds is None:
-        embeds = resolve_module(ctrl.model, ctrl.embed_paths[named[0]])(input_ids)  # (B, L, D)
-    batch, length, dim = embeds.shape
-    if batch != len(rows):
-        raise RuntimeApplyError(f"per-row prompts were set for {len(rows)} rows; the input has {batch}")
-    counts = [0 if name is None else ctrl.parts[name].tokens for name in rows]
+    counts = [0 if name is None else tokens[name] for name in names]
     width = max(counts)
-    device = embeds.device
-    blocks = []
-    for name, n in zip(rows, counts):
-        pad = embeds.new_zeros(width - n, dim)
-        blocks.append(pad if name is None else torch.cat([pad, ctrl.parts[name].weight.to(embeds.dtype)], 0))
-    kwargs["inputs_embeds"] = torch.cat([torch.stack(blocks), embeds], dim=1)  # (B, P+L, D)
+    mask = torch.tensor([[0] * (width - n) + [1] * n for n in counts], dtype=torch.long)  # (B, P)
+    return Layout(tuple(names), torch.tensor(counts, dtype=torch.long), mask.reshape(len(names), width),
+                  width, explicit_positions and min(counts) != width)
 
-    real = torch.tensor([[0] * (width - n) + [1] * n for n in counts], device=device)  # (B, P)
-    mask = kwargs.get("attention_mask")
-    if mask is None:
-        mask = torch.ones(batch, length, dtype=torch.long, device=device)
-    if mask.dim() != 2:
-        raise RuntimeApplyError("prompt tuning needs a 2-D attention_mask (batch, length)")
-    kwargs["attention_mask"] = torch.cat([real.to(mask.dtype), mask], dim=1)  # (B, P+L)
-    types = kwargs.get("token_type_ids")
-    if isinstance(types, torch.Tensor):
-        kwargs["token_type_ids"] = torch.cat([types.new_zeros(types.shape[0], width), types], dim=-1)
-    shift = torch.tensor(counts, device=device).unsqueeze(1)  # (B, 1)
-    head = (torch.arange(width, device=device).unsqueeze(0) - (width - shift)).clamp_(min=0)  # (B, P)
-    pos = kwargs.get("position_ids")
-    if isinstance(pos, torch.Tensor):
-        pos = pos.expand(batch, -1) if pos.dim() == 2 else pos
-        kwargs["position_ids"] = torch.cat([head.to(pos.dtype), pos + shift.to(pos.dtype)], dim=-1)
-    elif min(counts) != width and not ctrl._encoder_decoder and _takes_position_ids(ctrl.model):
-        tail = torch.arange(length, device=device).unsqueeze(0) + shift  # (B, L): alone, inputs follow the prompt
-        kwargs["position_ids"] = torch.cat([head, tail], dim=-1)  # (B, P+L)
-    cache_pos = kwargs.get("cache_position")
-    if isinstance(cache_pos, torch.Tensor):
-        start = int(cache_pos[0]) if cache_pos.numel() else 0
-        kwargs["cache_position"] = torch.arange(start, start + width + length, device=cache_pos.device,
-                                                dtype=cache_pos.dtype)
-    labels = kwargs.get("labels")
-    if (not ctrl._encoder_decoder and isinstance(labels, torch.Tensor) and labels.dim() == 2
-            and labels.shape == (batch, length)):
-        kwargs["labels"] = torch.cat([labels.new_full((batch, width), -100), labels], dim=1)  # (B, P+L)
-    return (), kwargs
+
+def prompt_block(parts: dict[str, Any], layout: Layout, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Returns the rows' prompt vectors, right-aligned and padded in front: (B, P, D) in ``dtype``.
+
+    Args:
+        parts: Prompt delta -> its :class:`~adaptlang.runtime.prompt.PromptPart`.
+        layout: The rows' layout.
+        dtype, device: Those of the input embeddings.
+    """
+    names = layout.names
+    first = names[0]
+    if first is not None and all(name == first for name in names):
+        return parts[first].expand(len(names), dtype).to(device)  # (B, N, D): one prompt for all
+    dim = next(parts[n] for n in names if n is not None).weight.shape[1]
+    blocks = []
+    for name, n in zip(names, layout.counts.tolist()):
+        pad = torch.zeros(layout.width - n, dim, dtype=dtype, device=device)
+        blocks.append(pad if name is None else torch.cat([pad, parts[name].weight.to(device, dtype)], 0))
+    return torch.stack(blocks)  # (B, P, D)

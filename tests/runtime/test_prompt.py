@@ -180,11 +180,3 @@ def test_remove_takes_hook_and_prompt_module_off(rt):
     adapted.remove()
     assert not hasattr(model, "adaptlang_prompts")
     rt.assert_same_state(model, before)
-
-
-def test_kv_cache_decoding_is_refused_clearly(rt):
-    model = rt.tiny_llama()
-    adapted = adaptlang.apply(model, PROMPT.format(n=2, init="random"))
-    out = adapted(input_ids=torch.tensor([[3, 4, 5]]), use_cache=True)
-    with pytest.raises(RuntimeApplyError, match="use_cache=False"):
-        adapted(input_ids=torch.tensor([[6]]), past_key_values=out.past_key_values)

@@ -1,0 +1,266 @@
+"""Soft prompts in generation: the prompt enters the KV cache once, and cached decoding equals recomputing.
+
+References, per family (Llama, Mistral, Qwen2, GPT-2, T5):
+
+* ``generate(use_cache=False)``: every step recomputes the whole sequence with
+  the prompt in front (the forward PEFT's prompt tuning is pinned to in
+  ``test_prompt.py``);
+* a hand-written greedy loop on an untouched copy of the model that puts the
+  prompt vectors in front of the input embeddings itself, with the mask
+  extended and positions counted over the real tokens (what HF's generate
+  does for left padding: ``cumsum(mask) - 1``).
+
+The cached ``generate()`` must give the same tokens and the same logits
+(within 1e-5, fp32) as both, with left padding and with beam search.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import adaptlang
+from adaptlang.errors import RuntimeApplyError
+
+PROMPT = "adaptlang 1\nprompt p {{\n    tokens {n}\n    init   random\n}}\n"
+IDS = torch.tensor([[0, 0, 5, 6, 7], [9, 10, 11, 12, 13]])
+MASK = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+GREEDY = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+
+
+def tiny_mistral(seed: int = 0):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return MistralForCausalLM(cfg).eval()
+
+
+def tiny_qwen2(seed: int = 0):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+def decoder_models(rt):
+    return {"llama": rt.tiny_llama, "mistral": tiny_mistral, "qwen2": tiny_qwen2, "gpt2": rt.tiny_gpt2}
+
+
+def sharpen(model, seed: int = 3) -> None:
+    """Scales the output head up so greedy choices are decided by clear margins, not by rounding."""
+    with torch.no_grad():
+        head = model.get_output_embeddings()
+        head.weight.mul_(8.0)
+
+
+def hand_greedy(model, prompt: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, steps: int):
+    """Greedy decoding without a cache on an unadapted model; the prompt is put in front by hand.
+
+    Returns:
+        (tokens (B, L + steps), [logits of each step (B, V)]).
+    """
+    embed = model.get_input_embeddings()
+    n = prompt.shape[0]
+    logits_seen = []
+    with torch.no_grad():
+        for _ in range(steps):
+            batch = ids.shape[0]
+            full_mask = torch.cat([torch.ones(batch, n, dtype=mask.dtype), mask], 1)
+            pos = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 1)
+            embeds = torch.cat([prompt.expand(batch, -1, -1), embed(ids)], 1)
+            out = model(inputs_embeds=embeds, attention_mask=full_mask, position_ids=pos, use_cache=False)
+            last = out.logits[:, -1]
+            logits_seen.append(last)
+            nxt = last.argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], 1)
+            mask = torch.cat([mask, torch.ones_like(nxt)], 1)
+    return ids, logits_seen
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gpt2"])
+def test_cached_generate_equals_no_cache_and_a_hand_loop(rt, family):
+    model = decoder_models(rt)[family]()
+    sharpen(model)
+    reference = copy.deepcopy(model)
+    adapted = adaptlang.apply(model, PROMPT.format(n=3))
+    (prompt,) = adapted.delta_parameters("p").values()
+    with torch.no_grad():
+        prompt.mul_(3.0)  # a prompt that changes the output clearly
+    cached = model.generate(input_ids=IDS, attention_mask=MASK, **GREEDY)
+    plain = model.generate(input_ids=IDS, attention_mask=MASK, use_cache=False, **GREEDY)
+    tokens, logits = hand_greedy(reference, prompt.detach(), IDS, MASK, 5)
+    assert torch.equal(cached.sequences, plain.sequences)
+    assert torch.equal(cached.sequences, tokens)
+    for a, b, c in zip(cached.logits, plain.logits, logits):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=0)
+    # The prompt matters: without it the logits differ (so the checks above could fail).
+    bare = reference.generate(input_ids=IDS, attention_mask=MASK, **GREEDY)
+    assert (bare.logits[0] - cached.logits[0]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_beam_search_with_cache_equals_without(rt, family):
+    model = decoder_models(rt)[family]()
+    sharpen(model)
+    adapted = adaptlang.apply(model, PROMPT.format(n=4))
+    kw = dict(max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False, pad_token_id=0,
+              output_scores=True, return_dict_in_generate=True)
+    cached = model.generate(input_ids=IDS, attention_mask=MASK, **kw)
+    plain = model.generate(input_ids=IDS, attention_mask=MASK, use_cache=False, **kw)
+    assert cached.sequences.shape == (4, 9)
+    assert torch.equal(cached.sequences, plain.sequences)
+    torch.testing.assert_close(cached.sequences_scores, plain.sequences_scores, atol=1e-5, rtol=0)
+    assert adapted.active_task == "default"
+
+
+def test_the_prompt_enters_the_cache_once(rt):
+    model = rt.tiny_llama()
+    adapted = adaptlang.apply(model, PROMPT.format(n=3))
+    seen = []
+    model.model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(((kw["inputs_embeds"] if kw.get("inputs_embeds") is not None
+                                       else kw["input_ids"]).shape[1], kw["cache"].get_seq_length())),
+        with_kwargs=True)
+    model.generate(input_ids=IDS, attention_mask=MASK, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    # First call: 3 prompt + 5 inputs into an empty cache; then one new position per step.
+    assert seen == [(8, 0), (1, 8), (1, 9)]
+    assert adapted.active_task == "default"
+
+
+def t5_hand_greedy(model, prompt, ids, mask, steps):
+    """Greedy T5 decoding on an unadapted model, the prompt put in front of the encoder input by hand."""
+    n = prompt.shape[0]
+    batch = ids.shape[0]
+    full_mask = torch.cat([torch.ones(batch, n, dtype=mask.dtype), mask], 1)
+    embeds = torch.cat([prompt.expand(batch, -1, -1), model.get_input_embeddings()(ids)], 1)
+    dec = torch.full((batch, 1), model.config.decoder_start_token_id)
+    logits_seen = []
+    with torch.no_grad():
+        for _ in range(steps):
+            out = model(inputs_embeds=embeds, attention_mask=full_mask, decoder_input_ids=dec, use_cache=False)
+            last = out.logits[:, -1]
+            logits_seen.append(last)
+            dec = torch.cat([dec, last.argmax(-1, keepdim=True)], 1)
+    return dec, logits_seen
+
+
+def test_t5_generate_uses_the_prompt_with_and_without_cache(rt):
+    model = rt.tiny_t5()
+    sharpen(model)
+    reference = copy.deepcopy(model)
+    adapted = adaptlang.apply(model, PROMPT.format(n=3))
+    (prompt,) = adapted.delta_parameters("p").values()
+    with torch.no_grad():
+        prompt.mul_(3.0)
+    kw = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    cached = model.generate(input_ids=IDS, attention_mask=MASK, **kw)
+    plain = model.generate(input_ids=IDS, attention_mask=MASK, use_cache=False, **kw)
+    tokens, logits = t5_hand_greedy(reference, prompt.detach(), IDS, MASK, 4)
+    bare = reference.generate(input_ids=IDS, attention_mask=MASK, **kw)
+    assert torch.equal(cached.sequences, plain.sequences)
+    assert torch.equal(cached.sequences, tokens)
+    for a, b, c in zip(cached.logits, plain.logits, logits):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=0)
+    assert (bare.logits[0] - cached.logits[0]).abs().max() > 1e-2  # generate no longer bypasses the prompt
+    beams = dict(max_new_tokens=3, num_beams=2, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    a = model.generate(input_ids=IDS, attention_mask=MASK, **beams)
+    b = model.generate(input_ids=IDS, attention_mask=MASK, use_cache=False, **beams)
+    assert torch.equal(a.sequences, b.sequences)
+    torch.testing.assert_close(a.sequences_scores, b.sequences_scores, atol=1e-5, rtol=0)
+
+
+def test_a_cache_filled_without_the_prompt_is_refused(rt):
+    model = rt.tiny_llama()
+    adapted = adaptlang.apply(model, "adaptlang 1\nprompt p { tokens 2 }\nlora l { on layers[*].self_attn.q_proj }\n"
+                                     "task with_prompt = p\ntask plain = l\n", task="plain")
+    out = adapted(input_ids=torch.tensor([[3, 4, 5]]), use_cache=True)
+    adapted.use("with_prompt")
+    with pytest.raises(RuntimeApplyError, match="computed without prompt 'p'"):
+        adapted(input_ids=torch.tensor([[6]]), past_key_values=out.past_key_values)
+    started = adapted(input_ids=torch.tensor([[3, 4, 5]]), use_cache=True)  # a cache the model made: marked
+    adapted.use("plain")
+    with pytest.raises(RuntimeApplyError, match="holds prompt 'p'; the call now runs no prompt"):
+        adapted(input_ids=torch.tensor([[6]]), past_key_values=started.past_key_values)
+    adapted.use("with_prompt")
+    step = adapted(input_ids=torch.tensor([[6]]), past_key_values=started.past_key_values)
+    whole = adapted(input_ids=torch.tensor([[3, 4, 5, 6]]))
+    torch.testing.assert_close(step.logits[:, -1], whole.logits[:, -1], atol=1e-5, rtol=0)
+
+
+MIXED = """adaptlang 1
+prompt short { tokens 3; init random }
+prompt long  { tokens 5; init random }
+lora l { on layers[*].self_attn.q_proj; rank 2 }
+task a = short + l
+task b = long
+task c = l
+"""
+
+
+def cache_keyword(model) -> str:
+    """The name this transformers release gives the KV cache argument (it was renamed)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def greedy_steps(call, ids, mask, steps, key=None):
+    """Greedy decoding through ``call``: with a cache (``key`` names it) or recomputing every step."""
+    cache = None
+    tokens, logits = ids, []
+    step_ids = ids
+    for _ in range(steps):
+        kwargs = {"input_ids": step_ids if key else tokens, "attention_mask": mask}
+        if key:
+            kwargs.update({key: cache, "use_cache": True})
+        out = call(**kwargs)
+        cache = out.past_key_values if key else None
+        last = out.logits[:, -1]
+        logits.append(last)
+        step_ids = last.argmax(-1, keepdim=True)
+        tokens = torch.cat([tokens, step_ids], 1)
+        mask = torch.cat([mask, torch.ones_like(step_ids)], 1)
+    return tokens, logits
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_mixed_rows_with_different_prompts_decode_with_a_cache(rt, family):
+    model = {"llama": rt.tiny_llama, "gpt2": rt.tiny_gpt2}[family]()
+    spec = MIXED if family == "llama" else MIXED.replace("layers[*].self_attn.q_proj", "h[*].attn.c_attn")
+    sharpen(model)
+    adapted = adaptlang.apply(model, spec, task="c")
+    with torch.no_grad():
+        for name in ("short", "long"):
+            for p in adapted.delta_parameters(name).values():
+                p.mul_(3.0)
+        for p in adapted.delta_parameters("l").values():
+            p.normal_(0, 0.3)
+    tasks = ["a", "b", None, "c"]
+    ids = torch.tensor([[0, 0, 5, 6, 7], [9, 10, 11, 12, 13], [0, 3, 4, 5, 6], [7, 8, 9, 10, 11]])
+    mask = (ids != 0).long()
+    key = cache_keyword(model)
+    with torch.no_grad():
+        cached = greedy_steps(lambda **kw: adapted(**kw, tasks=tasks), ids, mask, 4, key)
+        plain = greedy_steps(lambda **kw: adapted(**kw, tasks=tasks), ids, mask, 4)
+    assert torch.equal(cached[0], plain[0])
+    for x, y in zip(cached[1], plain[1]):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+    for row, task in enumerate(tasks):  # each row as it decodes alone under its task
+        with torch.no_grad():
+            if task is None:
+                adapted.use("c")
+                alone = greedy_steps(lambda **kw: adapted(**kw, tasks=[None]), ids[row:row + 1], mask[row:row + 1], 4, key)
+            else:
+                adapted.use(task)
+                alone = greedy_steps(adapted, ids[row:row + 1], mask[row:row + 1], 4, key)
+        assert torch.equal(alone[0][0], cached[0][row]), f"row {row} ({task})"
+        for x, y in zip(alone[1], cached[1]):
+            torch.testing.assert_close(x[0], y[row], atol=1e-5, rtol=0)
