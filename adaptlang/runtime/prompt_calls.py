@@ -172,6 +172,15 @@ def cache_length(cache: Any) -> int:
     return 0 if cache is None else int(cache.get_seq_length())
 
 
+def _check_mask(mask: torch.Tensor) -> None:
+    """Refuses masks the prompt cannot be put in front of (4-D masks that ``generate`` builds for static caches)."""
+    if mask.dim() != 2:
+        raise RuntimeApplyError(Diagnostic(
+            f"prompt tuning needs a 2-D attention_mask (batch, length); this call has a {mask.dim()}-D one",
+            obj="attention_mask",
+            hint="generate() builds 4-D masks for static caches: use the default dynamic cache with soft prompts"))
+
+
 def _batched_positions(pos: torch.Tensor, batch: int) -> torch.Tensor:
     """Returns position ids as (B, L) (they may come as (L,) or (1, L))."""
     if pos.dim() > 2:
@@ -198,8 +207,7 @@ def prepend(kwargs: dict[str, Any], embeds: torch.Tensor, prompt: torch.Tensor, 
     kwargs["inputs_embeds"] = torch.cat([prompt, embeds], dim=1)  # (B, P+L, D)
     mask = kwargs.get("attention_mask")
     if mask is not None:
-        if mask.dim() != 2:
-            raise RuntimeApplyError("prompt tuning needs a 2-D attention_mask (batch, length)")
+        _check_mask(mask)
         if mask.shape[-1] == length:
             kwargs["attention_mask"] = torch.cat([layout.mask.to(mask), mask], dim=1)  # (B, P+L)
         elif mask.shape[-1] != width + length:  # P + L: the caller (an encoder-decoder's root) extended it
@@ -250,8 +258,7 @@ def continue_step(kwargs: dict[str, Any], layout: Layout, past: int, batch: int,
             obj="prompt", hint="start the sequence again without the cache"))
     mask = kwargs.get("attention_mask")
     if mask is not None:
-        if mask.dim() != 2:
-            raise RuntimeApplyError("prompt tuning needs a 2-D attention_mask (batch, length)")
+        _check_mask(mask)
         if mask.shape[-1] == seen + length:
             kwargs["attention_mask"] = torch.cat([layout.mask.to(mask), mask], dim=1)  # (B, past+L)
         elif mask.shape[-1] != past + length:

@@ -264,3 +264,23 @@ def test_mixed_rows_with_different_prompts_decode_with_a_cache(rt, family):
         assert torch.equal(alone[0][0], cached[0][row]), f"row {row} ({task})"
         for x, y in zip(alone[1], cached[1]):
             torch.testing.assert_close(x[0], y[row], atol=1e-5, rtol=0)
+
+
+def test_sampling_several_sequences_with_cache_equals_without(rt):
+    model = rt.tiny_llama()
+    adaptlang.apply(model, PROMPT.format(n=3))
+    kw = dict(max_new_tokens=4, do_sample=True, num_return_sequences=3, pad_token_id=0)
+    torch.manual_seed(5)
+    cached = model.generate(input_ids=IDS, attention_mask=MASK, **kw)
+    torch.manual_seed(5)
+    plain = model.generate(input_ids=IDS, attention_mask=MASK, use_cache=False, **kw)
+    assert cached.shape == (6, 9)
+    assert torch.equal(cached, plain)
+
+
+def test_a_static_cache_is_refused_with_a_hint(rt):
+    model = rt.tiny_llama()
+    adaptlang.apply(model, PROMPT.format(n=3))
+    with pytest.raises(RuntimeApplyError, match="use the default dynamic cache"):
+        model.generate(input_ids=IDS, attention_mask=MASK, max_new_tokens=2, do_sample=False, pad_token_id=0,
+                       cache_implementation="static")
