@@ -334,8 +334,15 @@ class PromptController:
         encoded = kwargs.get("encoder_outputs")
         mask = kwargs.get("attention_mask")
         if encoded is not None:
-            layout = MARKS.get(encoded)
             hidden = encoded[0]  # (B, P+L, D) when the encoder ran with a prompt
+            # The output object is marked (generate() expands it in place for beams), and so is its
+            # hidden-state tensor (callers may pass it on in a tuple of their own).
+            layout = MARKS.get(encoded) or MARKS.get(hidden)
+            if isinstance(mask, torch.Tensor) and layout is None and mask.shape[-1] != hidden.shape[1]:
+                raise RuntimeApplyError(Diagnostic(
+                    f"attention_mask covers {mask.shape[-1]} positions; the encoder output has {hidden.shape[1]}, "
+                    "and it is not one the encoder computed with a prompt of this model", obj="attention_mask",
+                    hint="pass the encoder output the model returned, or a mask over all its positions"))
             if layout is None or not isinstance(mask, torch.Tensor) or mask.shape[-1] == hidden.shape[1]:
                 if layout is not None and mask is None and layout.padded:
                     kwargs["attention_mask"] = torch.cat([layout.for_batch(hidden.shape[0]).mask.to(hidden.device),
@@ -385,6 +392,9 @@ class PromptController:
         if layout is not None:
             _RUNNING.set(None)
             MARKS.put(output, layout)
+            hidden = output[0] if isinstance(output, (tuple, dict)) else output
+            if isinstance(hidden, torch.Tensor):
+                MARKS.put(hidden, layout)
 
 
 def _main_input(kwargs: dict) -> torch.Tensor | None:

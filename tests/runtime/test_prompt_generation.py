@@ -284,3 +284,57 @@ def test_a_static_cache_is_refused_with_a_hint(rt):
     with pytest.raises(RuntimeApplyError, match="use the default dynamic cache"):
         model.generate(input_ids=IDS, attention_mask=MASK, max_new_tokens=2, do_sample=False, pad_token_id=0,
                        cache_implementation="static")
+
+
+T5_MIXED = """adaptlang 1
+prompt short { tokens 2; init random }
+prompt long  { tokens 4; init random }
+task a = short
+task b = long
+"""
+
+
+def test_t5_mixed_rows_with_different_prompts_decode_like_each_row_alone(rt):
+    model = rt.tiny_t5()
+    sharpen(model)
+    adapted = adaptlang.apply(model, T5_MIXED, task="a")
+    with torch.no_grad():
+        for name in ("short", "long"):
+            for p in adapted.delta_parameters(name).values():
+                p.mul_(3.0)
+    tasks = ["a", "b", None]
+    ids = torch.tensor([[0, 0, 5, 6, 7], [9, 10, 11, 12, 13], [0, 3, 4, 5, 6]])
+    mask = (ids != 0).long()
+    start = model.config.decoder_start_token_id
+
+    def decode(call, ids, mask, steps, cached):
+        dec = torch.full((ids.shape[0], 1), start)
+        out = call(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=cached)
+        logits = [out.logits[:, -1]]
+        encoded = (out.encoder_last_hidden_state,)  # a tuple of our own: found through its tensor
+        for _ in range(steps - 1):
+            nxt = logits[-1].argmax(-1, keepdim=True)
+            dec = torch.cat([dec, nxt], 1)
+            if cached:
+                out = call(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=nxt,
+                           past_key_values=out.past_key_values, use_cache=True)
+            else:
+                out = call(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False)
+            logits.append(out.logits[:, -1])
+        return torch.cat([dec, logits[-1].argmax(-1, keepdim=True)], 1), logits
+
+    with torch.no_grad():
+        cached = decode(lambda **kw: adapted(**kw, tasks=tasks), ids, mask, 4, True)
+        plain = decode(lambda **kw: adapted(**kw, tasks=tasks), ids, mask, 4, False)
+        assert torch.equal(cached[0], plain[0])
+        for x, y in zip(cached[1], plain[1]):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+        for row, task in enumerate(tasks):
+            alone = decode(lambda **kw: adapted(**kw, tasks=[task]), ids[row:row + 1], mask[row:row + 1], 4, True)
+            assert torch.equal(alone[0][0], cached[0][row]), f"row {row} ({task})"
+            for x, y in zip(alone[1], cached[1]):
+                torch.testing.assert_close(x[0], y[row], atol=1e-5, rtol=1e-6)  # logits ~50 (sharpened)
+        # An encoder output the prompt did not make, with a mask that does not fit it: refused, not guessed.
+        with pytest.raises(RuntimeApplyError, match="not one the encoder computed with a prompt"):
+            adapted(encoder_outputs=(torch.zeros(3, 9, 32),), attention_mask=mask,
+                    decoder_input_ids=torch.zeros(3, 1, dtype=torch.long))
