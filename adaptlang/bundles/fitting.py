@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from adaptlang.bundles.manifest import describe_structure
+from adaptlang.plan.ties import SHARED, UNTIED, full_param_path, tie_group
 
 __all__ = ["retarget_plan", "site_misfit", "structure_differences"]
 
@@ -51,6 +52,13 @@ def site_misfit(kind: str, site: dict[str, Any], sig: Any) -> str | None:
         have = shapes.get(site["param"])
         if have != tuple(site["shape"]):
             return f"'{path}.{site['param']}' has shape {have}, the bundle needs {tuple(site['shape'])}"
+        # A re-trained tied tensor means something else where the tie differs (adaptlang.plan.ties).
+        own = full_param_path(path, site["param"])
+        want = sorted({*site.get(SHARED, ()), *site.get(UNTIED, ())} - {own})
+        tied = sorted(set(tie_group(sig, own)) - {own})
+        if want != tied:
+            return (f"'{own}' is {'tied to ' + ', '.join(tied) if tied else 'not tied'} here, the bundle needs it "
+                    f"{'tied to ' + ', '.join(want) if want else 'untied'}")
         return None
     if site.get("module") and site["module"] != info.cls:
         return f"'{path}' is a {info.cls}, the bundle needs a {site['module']}"

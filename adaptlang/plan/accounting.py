@@ -26,6 +26,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+from adaptlang.plan.ties import site_slots, tie_group, tie_groups
+
 __all__ = [
     "ADAM_STATES", "FP32_BYTES", "QUANT_SCALE_BLOCK",
     "count_adapter", "count_ia3", "count_lora", "count_numel", "count_prompt",
@@ -334,13 +336,19 @@ def estimate_plan_task_memory(sig: Any, task: dict[str, Any], deltas: dict[str, 
         The task's ``memory`` section.
     """
     frozen = sum(deltas[t["name"]]["params"] for t in task["deltas"] if t["frozen"])
-    released, seen = 0, set()
+    covered: dict[str, set[str]] = {}  # tensor (first name) -> its names the task's tune copies fill
+    sizes: dict[str, int] = {}
     for term in task["deltas"]:
         if deltas[term["name"]]["kind"] != "tune":
             continue
         for site in deltas[term["name"]]["sites"]:
-            key = find_canonical_param(sig, site["path"], site["param"])
-            if key not in seen:  # a tune copy replaces the base parameter it re-trains
-                seen.add(key)
-                released += site["params"] * dtype_bytes(site["dtype"])
+            slots = site_slots(site)
+            first = sig.tied.get(slots[0], slots[0])
+            covered.setdefault(first, set()).update(slots)
+            sizes[first] = site["params"] * dtype_bytes(site["dtype"])
+    # A tune copy replaces the base tensor only when no name of it still uses the original (a tie
+    # the task unties keeps it in memory).
+    groups = tie_groups(sig) if covered and sig.tied else {}
+    released = sum(sizes[first] for first, names in covered.items()
+                   if names >= set(tie_group(sig, first, groups)))
     return estimate_task_memory(base_bytes, task["trainable_params"], frozen, released)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from adaptlang.errors import BindError, Diagnostic
 from adaptlang.plan import accounting as acc
+from adaptlang.plan.ties import group_slots, tie_group, tie_groups
 
 if TYPE_CHECKING:
     from adaptlang.spec.model import Spec
@@ -44,6 +45,7 @@ class Binder:
         self.sig = sig
         self.diagnostics: list[Diagnostic] = []
         self.quantized: set[tuple[str, str]] = set()
+        self.ties = tie_groups(sig)  # tied tensor (first name) -> all its names
 
     def error(self, message: str, span: Any, hint: str | None = None, notes: tuple[str, ...] = ()) -> None:
         """Records one bind error."""
@@ -246,23 +248,28 @@ def _bind_params(binder: Binder, delta: Any, owner: str, selector: Any) -> list[
     report_unfit(binder, owner, selector.span, unfit,
                  "sparse acts on modules with a 2-D weight, or on parameters named in the selector")
     overrides = Overrides(binder, owner, delta.overrides)
-    sites, seen = [], set()
+    selected, infos = [], {}
     for path, info in binder.sig.modules.items():
         inside = bool(roots) and _under_any(path, roots)
         for p in info.params:
             if not inside and (path, p.name) not in wanted:
                 continue
-            key = acc.find_canonical_param(binder.sig, path, p.name)
-            if key in seen:
-                continue  # a tied parameter is one parameter
-            seen.add(key)
-            if key in binder.quantized:
+            if acc.find_canonical_param(binder.sig, path, p.name) in binder.quantized:
                 unfit.append((f"{path}.{p.name}", "quantized"))
-            elif delta.kind == "tune":
-                sites.append(acc.make_tune_site(path, p.name, tuple(p.shape), p.dtype))
-            else:
-                props = overrides.resolve(_base_props(delta, "sparse"), path, p.name)
-                sites.append(acc.make_sparse_site(path, p.name, tuple(p.shape), props))
+                continue
+            selected.append((path, p.name))
+            infos[(path, p.name)] = p
+    sites = []
+    # A tied tensor is one parameter: one site (its first selected name) whose delta every selected
+    # name shares; names left out keep the original (see adaptlang.plan.ties).
+    for (path, name), tie_fields in group_slots(binder.sig, selected, binder.ties):
+        p = infos[(path, name)]
+        if delta.kind == "tune":
+            site = acc.make_tune_site(path, name, tuple(p.shape), p.dtype)
+        else:
+            props = overrides.resolve(_base_props(delta, "sparse"), path, name)
+            site = acc.make_sparse_site(path, name, tuple(p.shape), props)
+        sites.append({**site, **tie_fields})
     quantized = [u for u in unfit if u[1] == "quantized"]
     report_unfit(binder, owner, selector.span, quantized,
                  "a quantized weight cannot be re-trained; exclude it from `quantize` or from this delta")
@@ -298,6 +305,11 @@ def bind_quantize(binder: Binder) -> list[dict[str, Any]]:
             elif path in by_path:
                 binder.error(f"'{path}' is quantized twice", q.on.span,
                              hint="each weight can have one quantize block")
+            elif len(tie_group(binder.sig, f"{path}.weight", binder.ties)) > 1:
+                # The other module keeps the tensor: nothing is saved, and freeing it would break that module.
+                others = [n for n in tie_group(binder.sig, f"{path}.weight", binder.ties) if n != f"{path}.weight"]
+                binder.error(f"'{path}.weight' is tied to {', '.join(others)} and cannot be quantized",
+                             q.on.span, hint="exclude it from `quantize` (e.g. `... except lm_head`)")
             else:
                 props = overrides.resolve(base, path)
                 by_path[path] = acc.make_quantize_site(path, info.cls, tuple(weight.shape),

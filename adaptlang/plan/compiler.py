@@ -21,6 +21,7 @@ from adaptlang.errors import AdaptError, BindError, Diagnostic, UsageError
 from adaptlang.plan import accounting as acc
 from adaptlang.plan.binder import Binder, bind_delta, bind_quantize
 from adaptlang.plan.plan import FORMAT_VERSION, Plan
+from adaptlang.plan.ties import site_slots
 from adaptlang.spec.model import Spec
 
 __all__ = ["bind_spec", "compile_plan", "load_spec_for_compile", "resolve_signature"]
@@ -153,18 +154,21 @@ def bind_spec(spec: Spec, sig: Any) -> Plan:
 def _bind_task(binder: Binder, task: Any, deltas: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Returns a task's plan section (without memory); records tune deltas that clash."""
     terms = [{"name": t.delta, "weight": float(t.weight), "frozen": bool(t.frozen)} for t in task.terms]
-    owners: dict[tuple[str, str], str] = {}
+    # Slots, not tensors: two tune deltas may each untie one name of a tied tensor (own copies),
+    # but one slot can hold one copy.
+    owners: dict[str, str] = {}
     for term in terms:
         if deltas[term["name"]]["kind"] != "tune":
             continue
+        clash = None
         for site in deltas[term["name"]]["sites"]:
-            other = owners.setdefault(acc.find_canonical_param(binder.sig, site["path"], site["param"]),
-                                      term["name"])
-            if other != term["name"]:
-                binder.error(f"task '{task.name}' uses two tune deltas, '{other}' and '{term['name']}', "
-                             f"on '{site['path']}.{site['param']}'", task.span,
-                             hint="a parameter can have one trained copy per task")
-                break
+            for slot in site_slots(site):
+                other = owners.setdefault(slot, term["name"])
+                if other != term["name"] and clash is None:
+                    clash = (other, slot)
+        if clash is not None:
+            binder.error(f"task '{task.name}' uses two tune deltas, '{clash[0]}' and '{term['name']}', "
+                         f"on '{clash[1]}'", task.span, hint="a parameter can have one trained copy per task")
     counts = acc.count_task(terms, {name: d["params"] for name, d in deltas.items()})
     return {"deltas": terms, **counts}
 

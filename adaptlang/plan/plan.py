@@ -20,6 +20,7 @@ import networkx as nx
 
 from adaptlang.errors import Diagnostic, UsageError, did_you_mean
 from adaptlang.plan.schema import find_plan_inconsistencies, find_schema_errors
+from adaptlang.plan.ties import describe_tie_notes
 
 __all__ = ["Plan", "compute_plan_sha256", "format_term", "FORMAT_VERSION"]
 
@@ -314,6 +315,9 @@ def _render_summary(data: dict[str, Any]) -> str:
     rows = [[name, d["kind"], str(d["site_count"]), f"{d['params']:,}", _format_share(d["params"], total)]
             for name, d in sorted(data["deltas"].items())]
     lines += _format_table(["delta", "kind", "sites", "parameters", "of model"], rows)
+    ties = describe_tie_notes(data["deltas"])
+    if ties:  # re-trained tied tensors: which names share the delta, which it unties
+        lines += [""] + [f"tied   {line}" for line in ties]
     quantized = data["base"]["quantize"]
     if quantized:
         before = sum(site["bytes_before"] for site in quantized)

@@ -44,7 +44,11 @@ def _module_site(**extra: Any) -> dict[str, Any]:
 
 def _site_schemas() -> dict[str, dict[str, Any]]:
     """Returns the site schema of each delta kind."""
-    param_site = {"path": _STR, "param": _STR, "shape": _SHAPE, "params": _INT}
+    # shared_with / untied_from: the other names of a tied tensor (adaptlang.plan.ties); only on such sites.
+    names = {"type": "array", "items": _STR}
+    param_site = {"path": _STR, "param": _STR, "shape": _SHAPE, "params": _INT,
+                  "shared_with": names, "untied_from": names}
+    tie_fields = ("shared_with", "untied_from")
     return {
         "lora": _module_site(
             rank=_POS, alpha=_NUM, dropout=_FRACTION,
@@ -59,10 +63,10 @@ def _site_schemas() -> dict[str, dict[str, Any]]:
             "path": _STR, "module": _STR, "tokens": _POS, "dim": _POS,
             "init": {"enum": ["text", "vocab", "random"]}, "text": _STR, "params": _INT},
             optional=("text",)),
-        "tune": _record({**param_site, "dtype": _STR}),
+        "tune": _record({**param_site, "dtype": _STR}, optional=tie_fields),
         "sparse": _record({
             **param_site, "density": _FRACTION, "k": _POS,
-            "select": {"enum": ["magnitude", "random"]}, "seed": _INT}),
+            "select": {"enum": ["magnitude", "random"]}, "seed": _INT}, optional=tie_fields),
     }
 
 

@@ -141,10 +141,11 @@ class Adapted:
         Raises:
             RuntimeApplyError: Unknown delta.
         """
-        self.delta_parameters(delta)  # checks the name
+        # Its sites' paths: a sparse part shared by a tied tensor's other slots is stored once, at its site.
+        paths = {key.rpartition("/")[0] for key in self.delta_parameters(delta)}
         found: dict[str, torch.Tensor] = {}
         for path, site in self._patch.sites.items():
-            if delta in site.parts:
+            if delta in site.parts and path in paths:
                 found.update({f"{path}/{name}": b for name, b in site.adapter_buffers(delta).items()})
         return found
 
@@ -197,7 +198,9 @@ class Adapted:
         """Folds the active task's LoRA/IA3 (and sparse) deltas into the base weights.
 
         Sites that cannot merge (a quantized base, adapters, a weight tied to
-        another module) are left active and reported, not an error.
+        another module, in the base or through a shared tune copy) are left
+        active and reported, not an error: folding into a tied tensor would
+        change the other module too.
 
         Returns:
             ``{"merged": [site paths], "not_merged": {site path: reason}}``.
@@ -207,6 +210,10 @@ class Adapted:
         if self._merged:
             return report
         tied = tied_parameter_ids(self.model)
+        if self._patch.base_ties is not None:
+            # A tune copy in one slot of a tied tensor leaves the original alone in the other:
+            # folding into it would still change the base the other name comes back to.
+            tied |= set(self._patch.base_ties)
         for path in self._patch.configs[self._active].active_paths:
             site = self._patch.sites[path]
             if path in self._patch.quantized:

@@ -161,6 +161,25 @@ class SiteModule(SiteActivity, nn.Module):
         parts[delta] = part
         return part
 
+    def share_part(self, delta: str, part: nn.Module) -> None:
+        """Adds another site's sparse part here too (inactive): a tied tensor's other slot.
+
+        The part's values are then one set of parameters used at both modules,
+        as the tensor itself is.
+
+        Raises:
+            RuntimeApplyError: Not a sparse part, a delta already here, or a base
+                without that parameter.
+        """
+        parts = self._modules["parts"]
+        if getattr(part, "kind", None) != "sparse":
+            raise RuntimeApplyError(Diagnostic(f"only sparse parts can be shared, not '{delta}'", obj=delta))
+        if delta in parts:
+            raise RuntimeApplyError(Diagnostic(f"delta '{delta}' already has a part at this site", obj=delta))
+        if tuple(self._param_values(part.param).shape) != part.shape:
+            raise RuntimeApplyError(Diagnostic(f"'{part.param}' here is not the shape of delta '{delta}'", obj=delta))
+        parts[delta] = part
+
     def _param_values(self, name: str) -> torch.Tensor:
         """Returns the current values of a base parameter (dequantized when quantized)."""
         if name == "weight" and self.quant is not None:

@@ -21,7 +21,8 @@ from adaptlang.runtime.binding import (
     ModuleSnapshot, derive_generator, resolve_module, snapshot_flags, split_path,
 )
 from adaptlang.runtime.prompt import PROMPT_ATTR, PromptController
-from adaptlang.runtime.tune import SlotAssignment, TuneSlots
+from adaptlang.plan.ties import SHARED
+from adaptlang.runtime.tune import SlotAssignment, TuneSlots, check_site_ties, find_tied_paths, split_param_path
 
 __all__ = ["Patch", "TaskConfig", "Transaction", "check_not_adapted", "patch_model"]
 
@@ -137,6 +138,9 @@ class Patch:
         quantized: Paths of sites whose base weight is quantized.
         quant_report: ``{"path", "bytes_before", "bytes_after"}`` per quantized site.
         tx: The undo log (kept after apply: ``remove()`` replays it).
+        base_ties: ``id()`` -> paths of each base parameter held in several slots,
+            read before patching; None when the plan re-trains no parameter
+            (then nothing ours ever swaps a tied slot).
     """
 
     model: nn.Module
@@ -149,6 +153,7 @@ class Patch:
     quantized: set[str] = field(default_factory=set)
     quant_report: list[dict[str, Any]] = field(default_factory=list)
     site_snapshots: dict[str, ModuleSnapshot] = field(default_factory=dict)
+    base_ties: dict[int, list[str]] | None = None
 
     def undo_all(self, removing: bool = True) -> None:
         """Takes every patch off (see :meth:`Transaction.rollback`).
@@ -214,11 +219,26 @@ def _dequantize_into(site: Any, snap: ModuleSnapshot) -> None:
                 original.data = now.detach().to(original.dtype)
 
 
+def _tied_weight_paths(patch: Patch, path: str) -> list[str]:
+    """Returns the other paths of the weight at ``path`` (empty when it is not tied or not known)."""
+    module = resolve_module(patch.model, path, unwrap=True)
+    weight = module._parameters.get("weight")
+    if weight is None or patch.base_ties is None:
+        return []
+    return [p for p in patch.base_ties.get(id(weight), []) if p != f"{path}.weight"]
+
+
 def _quantize_sites(patch: Patch, plan_dict: dict[str, Any]) -> None:
     """Quantizes the base weights the plan's ``base.quantize`` lists."""
     for q in plan_dict.get("base", {}).get("quantize", []):
         path = q["path"]
         with patch.tx.step(f"quantizing ({q['format']})", path):
+            tied = _tied_weight_paths(patch, path)
+            if tied:
+                # The other module keeps the Parameter whose storage quantizing frees.
+                raise RuntimeApplyError(Diagnostic(
+                    f"'{path}.weight' is tied to {', '.join(tied)}: quantizing it would empty the other module's "
+                    "weight", obj=path, hint="compile the spec against this model, or untie the weights"))
             site = _wrap_site(patch, path)
             sizes = site.quantize(q["format"], q.get("block", 64), q.get("double", True),
                                   q.get("compute", "float32")) or {}
@@ -238,9 +258,14 @@ def _add_deltas(patch: Patch, plan_dict: dict[str, Any], tokenizer: Any, seed: i
             path = site_dict["path"]
             gen = derive_generator(seed, delta, path)
             with patch.tx.step(f"adding {kind} '{delta}'", path):
+                if patch.base_ties is not None and kind in ("tune", "sparse"):
+                    check_site_ties(delta, site_dict, patch.model, patch.base_ties)
                 if kind in SITE_KINDS:
                     site = _wrap_site(patch, path)
-                    site.add_part(delta, kind, site_dict, gen)
+                    part = site.add_part(delta, kind, site_dict, gen)
+                    for full in site_dict.get(SHARED, ()):
+                        # Every tied name the sparse delta selects runs the same part: one set of values.
+                        _wrap_site(patch, split_param_path(full)[0]).share_part(delta, part)
                     local = site.adapter_params(delta)
                 elif kind == "prompt":
                     if not patch.prompts.parts:
@@ -301,6 +326,12 @@ def patch_model(model: nn.Module, plan_dict: dict[str, Any], *, tokenizer: Any =
         return _patch(model, plan_dict, tokenizer, seed, keep_base)
 
 
+def _has_param_sites(plan_dict: dict[str, Any]) -> bool:
+    """True when the plan re-trains (tune, sparse) or quantizes base parameters: their ties must be checked."""
+    return bool(plan_dict.get("base", {}).get("quantize")) or any(
+        d["kind"] in ("tune", "sparse") and d["sites"] for d in plan_dict["deltas"].values())
+
+
 @contextlib.contextmanager
 def collection_paused() -> Iterator[None]:
     """Pauses Python's cyclic garbage collector for the duration (restored on exit, even on error).
@@ -322,6 +353,8 @@ def collection_paused() -> Iterator[None]:
 def _patch(model: nn.Module, plan_dict: dict[str, Any], tokenizer: Any, seed: int, keep_base: bool) -> Patch:
     """:func:`patch_model`'s body."""
     patch = Patch(model=model, prompts=PromptController(model), tune=TuneSlots(model), tx=Transaction())
+    # Only plans that re-train parameters pay for this walk (applying a LoRA plan stays as fast as it was).
+    patch.base_ties = find_tied_paths(model) if _has_param_sites(plan_dict) else None
     flags = snapshot_flags(model)
     patch.tx.on_undo(lambda removing: flags.restore())
     try:

@@ -7,6 +7,12 @@ active; otherwise the slot holds the original ``Parameter`` object, which is
 never written to, so the frozen base stays bit-identical and ``remove()`` can
 put the very same objects back.
 
+A tied tensor (one ``Parameter`` in several slots, as the plan's
+``shared_with`` says) gets one copy in every slot the delta names, so the
+tie holds while the delta is active; slots it leaves out (``untied_from``)
+keep the original. :func:`check_site_ties` refuses a model whose ties differ
+from the plan's (the structural fingerprint does not see ties).
+
 Copies belong to deltas, not tasks, like every other delta's parameters:
 two tasks that use the same ``tune`` delta see the same trained values (so
 ``frozen(head)`` in a second task reuses what the first task trained). Two
@@ -20,9 +26,10 @@ from typing import Any
 from torch import nn
 
 from adaptlang.errors import Diagnostic, RuntimeApplyError
+from adaptlang.plan.ties import SHARED, UNTIED, full_param_path
 from adaptlang.runtime.binding import resolve_slot
 
-__all__ = ["SlotKey", "SlotAssignment", "TuneSlots"]
+__all__ = ["SlotKey", "SlotAssignment", "TuneSlots", "check_site_ties", "find_tied_paths", "split_param_path"]
 
 #: A parameter slot by plan path: (module path, parameter name).
 SlotKey = tuple[str, str]
@@ -57,22 +64,31 @@ class TuneSlots:
             RuntimeApplyError: The slot is missing or its shape differs from the plan's.
         """
         key: SlotKey = (site["path"], site["param"])
-        module, name = resolve_slot(self.model, *key)
-        original = self.originals.get(key, module._parameters[name])
-        if original is None:
-            raise RuntimeApplyError(Diagnostic(f"parameter '{key[0]}.{key[1]}' is None", obj=delta))
+        keys = [key] + [split_param_path(full) for full in site.get(SHARED, ())]
+        found = []
+        for slot in keys:
+            module, name = resolve_slot(self.model, *slot)
+            original = self.originals.get(slot, module._parameters[name])
+            if original is None:
+                raise RuntimeApplyError(Diagnostic(f"parameter '{slot[0]}.{slot[1]}' is None", obj=delta))
+            found.append((slot, module, original))
+        original = found[0][2]
         if "shape" in site and tuple(original.shape) != tuple(site["shape"]):
             raise RuntimeApplyError(Diagnostic(
                 f"'{key[0]}.{key[1]}' has shape {tuple(original.shape)}, the plan says {tuple(site['shape'])}",
                 obj=delta))
-        self.originals[key] = original
-        self.modules[key] = module
         copy = nn.Parameter(original.detach().clone(), requires_grad=False)
-        self.copies.setdefault(delta, {})[key] = copy
+        for slot, module, slot_original in found:  # one copy in every slot the delta shares
+            self.originals[slot] = slot_original
+            self.modules[slot] = module
+            self.copies.setdefault(delta, {})[slot] = copy
         return copy
 
     def adapter_params(self, delta: str) -> dict[SlotKey, nn.Parameter]:
-        """Returns ``delta``'s copies by slot (empty for a delta that is not ``tune``)."""
+        """Returns ``delta``'s copies by slot (empty for a delta that is not ``tune``).
+
+        A copy shared by tied slots is listed under each of them (the same object).
+        """
         return dict(self.copies.get(delta, {}))
 
     def assignments_for(self, deltas: list[str], task: str = "") -> list[SlotAssignment]:
@@ -112,3 +128,50 @@ class TuneSlots:
         """Puts every original ``Parameter`` object back in its slot."""
         for key, original in self.originals.items():
             self.modules[key]._parameters[key[1]] = original
+
+
+def split_param_path(full: str) -> SlotKey:
+    """``"lm_head.weight"`` -> ``("lm_head", "weight")``."""
+    path, _, name = full.rpartition(".")
+    return (path, name)
+
+
+def find_tied_paths(model: nn.Module) -> dict[int, list[str]]:
+    """Returns ``id()`` -> every path of each parameter the model holds in more than one slot.
+
+    Read before anything is wrapped, so the paths are the plan's.
+    """
+    paths: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        paths.setdefault(id(p), []).append(name)
+    return {k: v for k, v in paths.items() if len(v) > 1}
+
+
+def check_site_ties(delta: str, site: dict[str, Any], model: nn.Module, tied: dict[int, list[str]]) -> None:
+    """Refuses a tune or sparse site whose tensor is tied differently in ``model`` than in the plan.
+
+    Why: the structural fingerprint lists every slot but not which slots share a
+    tensor, so a plan compiled for a tied model fits an untied one of the same
+    shape (and back); applying it would share or untie silently.
+
+    Args:
+        delta: The delta's name (for the error).
+        site: The plan site (``path``, ``param``, optional ``shared_with``/``untied_from``).
+        model: The model, not wrapped yet at this slot.
+        tied: :func:`find_tied_paths` of the model before patching.
+
+    Raises:
+        RuntimeApplyError: The names the plan ties differ from the model's.
+    """
+    own = full_param_path(site["path"], site["param"])
+    module, name = resolve_slot(model, site["path"], site["param"])
+    param = module._parameters[name]
+    want = sorted({*site.get(SHARED, ()), *site.get(UNTIED, ())} - {own})
+    have = sorted(set(tied.get(id(param), ())) - {own})
+    if want != have:
+        def ties(names: list[str]) -> str:
+            return f"tied to {', '.join(names)}" if names else "not tied"
+
+        raise RuntimeApplyError(Diagnostic(
+            f"in the plan '{own}' is {ties(want)}; in this model it is {ties(have)}", obj=delta,
+            hint="compile the spec against this model (tied embeddings change what a tune or sparse delta means)"))

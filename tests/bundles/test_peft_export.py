@@ -57,6 +57,8 @@ CASES = {
     "dora": ("tiny-llama", LLAMA_LORA.format(variant="dora", weight="")),
     "gpt2_conv1d_embedding": ("tiny-gpt2", GPT2_LORA),
     "gpt2_bias_weighted": ("tiny-gpt2", GPT2_BIAS),
+    # lm_head is tied to wte: LoRA acts on each module's map, as PEFT's does (ensure_weight_tying off).
+    "gpt2_tied_head": ("tiny-gpt2", "adaptlang 1\nlora h {\n    on lm_head, wte\n    rank 4\n}\ntask t = h\n"),
     "stacked": ("tiny-llama", """adaptlang 1
 lora a {
     on   layers[*].self_attn.q_proj
