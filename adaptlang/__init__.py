@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptError", "BindError", "BundleError", "Diagnostic", "SpecError", "UsageError",
-    "apply", "compile", "load", "parse", "__version__",
+    "apply", "compile", "handle", "load", "parse", "__version__",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,3 +81,19 @@ def load(model: Any, paths: Any, **kwargs: Any) -> Any:
     from adaptlang.bundles import load as _load
 
     return _load(model, paths, **kwargs)
+
+
+def handle(model: Any) -> Any:
+    """Returns the handle of an adapted model: the one ``apply`` returned, or a copy's own.
+
+    A deep copy of an adapted model (``copy.deepcopy``, ``pickle``,
+    ``torch.save``/``torch.load(..., weights_only=False)``) carries its own
+    independent handle, in the same state; this finds it. See
+    :mod:`adaptlang.runtime.copying`.
+
+    Raises:
+        UsageError: The model carries no live adaptlang patch.
+    """
+    from adaptlang.runtime.copying import handle_of
+
+    return handle_of(model)

@@ -19,6 +19,7 @@ from torch import nn
 
 from adaptlang.errors import BundleError, Diagnostic, RuntimeApplyError, did_you_mean
 from adaptlang.runtime.binding import bind_plan
+from adaptlang.runtime.copying import attach_handle, deepcopy_handle, handle_of, shallow_copy_error
 from adaptlang.runtime.transaction import Patch, TaskConfig, check_not_adapted, patch_model
 
 __all__ = ["Adapted", "apply"]
@@ -296,6 +297,26 @@ class Adapted:
         if self._removed:
             raise RuntimeApplyError("this Adapted was removed; call adaptlang.apply again")
 
+    # ----------------------------------------------------------------- copies
+    @classmethod
+    def of(cls, model: nn.Module) -> "Adapted":
+        """Returns the handle of an adapted model, or of a deep or unpickled copy of one.
+
+        See :mod:`adaptlang.runtime.copying` (also ``adaptlang.handle(model)``).
+
+        Raises:
+            UsageError: The model carries no live patch.
+        """
+        return handle_of(model)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "Adapted":
+        """An independent handle on an independent copy of the model (the plan is shared)."""
+        return deepcopy_handle(self, memo)
+
+    def __copy__(self) -> "Adapted":
+        """Refused: a shallow copy would be a second handle on the same model (UsageError)."""
+        raise shallow_copy_error(self)
+
     def __repr__(self) -> str:
         return f"Adapted({type(self.model).__name__}, tasks={self.tasks}, active={self._active!r})"
 
@@ -354,6 +375,7 @@ def apply(model: nn.Module, spec_or_plan: Any, *, task: str | None = None, token
     patch = patch_model(model, plan_dict, tokenizer=tokenizer, seed=seed, keep_base=keep_base)
     adapted = adapted_cls(model, plan, patch)
     try:
+        attach_handle(adapted)
         adapted.use(first)
     except Exception:
         patch.undo_all(removing=False)

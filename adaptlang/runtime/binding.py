@@ -127,10 +127,16 @@ _TABLES = ("_parameters", "_buffers", "_modules")
 class ModuleSnapshot:
     """What one original module looked like before we wrapped it.
 
-    Records its attribute names, the contents of its parameter, buffer,
-    child and hook tables, and the storage each parameter and buffer pointed
-    at, so that a wrapper's changes to it (quantization swapping tensors,
-    hooks) can be taken back exactly.
+    Records its attribute names and the contents of its parameter, buffer,
+    child and hook tables (the objects, not their values), so that a
+    wrapper's changes to it (quantization taking the weight out, hooks) can
+    be taken back exactly.
+
+    Why no tensor values or storages: the tensors in the tables are the very
+    objects restored, and their values are the live ones. Keeping their
+    storage would pin memory after ``model.to(...)`` and put stale storage
+    (the old dtype or device) back on ``remove()``; it would not survive a
+    pickle either (storages shared by two tensor objects are saved twice).
 
     Args:
         module: The module about to be wrapped.
@@ -141,16 +147,10 @@ class ModuleSnapshot:
         self.attrs = dict(module.__dict__)
         # Shallow copies of every table (parameters, hooks, ...): the objects, not the values.
         self.tables = {k: dict(v) for k, v in self.attrs.items() if isinstance(v, dict)}
-        self.data = {
-            (table, name): t.data
-            for table in ("_parameters", "_buffers")
-            for name, t in self.attrs[table].items()
-            if t is not None
-        }
         self.released: set[tuple[str, str]] = set()
 
     def restore(self, *, hooks: bool = True) -> None:
-        """Puts the module's tables, tensors and attributes back as recorded.
+        """Puts the module's tables and attributes back as recorded.
 
         Args:
             hooks: Also restore hook tables (a rollback does; ``remove()``
@@ -166,26 +166,28 @@ class ModuleSnapshot:
             current[key] = table
             table.clear()
             table.update(saved)
-        for (table, name), data in self.data.items():
-            tensor = self.attrs[table][name]
-            # A swapped tensor (e.g. quantized storage) gets its original storage back.
-            if tensor.data.data_ptr() != data.data_ptr() or tensor.dtype != data.dtype or tensor.shape != data.shape:
-                tensor.data = data
+
+    def taken_out(self) -> list[tuple[str, str, torch.Tensor]]:
+        """Returns ``(table, name, tensor)`` for recorded tensors no longer in the module's tables.
+
+        These (a quantized site's original weight) are outside the module
+        tree, so ``model.to(...)`` does not reach them.
+        """
+        return [
+            (table, name, original)
+            for table in ("_parameters", "_buffers")
+            for name, original in self.tables[table].items()
+            if original is not None and self.attrs[table].get(name) is not original
+        ]
 
     def release_quantized(self) -> None:
-        """Frees the original storage of every tensor that a wrapper replaced.
+        """Frees the storage of every original tensor that a wrapper took out of the module.
 
         The original ``Parameter`` objects are kept (emptied), so ``remove()``
         can put the same objects back, filled with dequantized values.
         """
-        for (table, name), data in list(self.data.items()):
-            original = self.tables[table][name]
-            now = self.attrs[table].get(name)
-            if now is original and now.data.data_ptr() == data.data_ptr():
-                continue  # untouched
-            del self.data[(table, name)]
-            if now is not original:
-                original.data = torch.empty(0, dtype=original.dtype, device=original.device)
+        for table, name, original in self.taken_out():
+            original.data = torch.empty(0, dtype=original.dtype, device=original.device)
             self.released.add((table, name))
 
     def keeps_all(self) -> bool:

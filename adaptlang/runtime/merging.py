@@ -50,7 +50,8 @@ class MergeRecord:
     u: torch.Tensor | None = None
     v: torch.Tensor | None = None
     g: torch.Tensor | None = None
-    sparse: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    # (parameter name, indices, saved entries): a name, not the tensor, so that copies and .to() follow.
+    sparse: list[tuple[str, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
 def _param(base: nn.Module, name: str) -> torch.Tensor | None:
@@ -130,7 +131,7 @@ def merge_parts(base: nn.Module, entries: list[tuple[Any, float]]) -> MergeRecor
         # Checks done: from here on the parameters change.
         for part, w in sparse:
             target = _param(base, part.param)
-            record.sparse.append((target, part.indices, part.merge_into(target, w)))
+            record.sparse.append((part.param, part.indices, part.merge_into(target, w)))
         if kind is None:
             return record
         w_oi = out_in_view(kind, weight)
@@ -173,5 +174,6 @@ def unmerge_parts(record: MergeRecord) -> None:
                     bias.div_(record.v.to(bias.dtype))
                 if dbias is not None:
                     bias.sub_(dbias)
-        for target, indices, saved in reversed(record.sparse):
-            target.view(-1)[indices] = saved
+        for name, indices, saved in reversed(record.sparse):
+            target = _param(base, name)
+            target.view(-1)[indices] = saved.to(target.dtype)

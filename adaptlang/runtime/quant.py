@@ -240,6 +240,16 @@ class QuantizedWeight(nn.Module):
         self.register_buffer("codes", packed)
         self._bnb_state = state
 
+    def _apply(self, fn: Any, recurse: bool = True) -> "QuantizedWeight":
+        # ``model.to(torch.float64)`` / ``.half()`` convert every floating tensor of the model; the
+        # weight this storage stands in for must follow (its reported dtype, the dtype it computes
+        # in), else the site would compute in the old dtype and ``remove()`` would put it back.
+        out = super()._apply(fn, recurse)
+        device = self.codes.device
+        self.dtype = fn(torch.empty(0, dtype=self.dtype, device=device)).dtype
+        self.compute_dtype = fn(torch.empty(0, dtype=self.compute_dtype, device=device)).dtype
+        return out
+
     def extra_repr(self) -> str:
         return (f"fmt={self.fmt}, shape={tuple(self.shape)}, block={self.block}, double={self.double}, "
                 f"compute={self.compute_dtype}")

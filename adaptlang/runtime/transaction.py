@@ -23,6 +23,8 @@ from adaptlang.runtime.binding import (
 from adaptlang.runtime.prompt import PROMPT_ATTR, PromptController
 from adaptlang.plan.ties import SHARED
 from adaptlang.runtime.tune import SlotAssignment, TuneSlots, check_site_ties, find_tied_paths, split_param_path
+from adaptlang.runtime.copying import HANDLE_ATTR, OUTSIDE_ATTR, attach_outside
+from adaptlang.runtime.undo import DetachChild, RemovePrompts, RestoreFlags, RestoreTune, UnwrapSite
 
 __all__ = ["Patch", "TaskConfig", "Transaction", "check_not_adapted", "patch_model"]
 
@@ -35,19 +37,23 @@ class Transaction:
         tx = Transaction()
         with tx.step("wrapping", path):
             ...                              # failures become RuntimeApplyError naming path
-            tx.on_undo(lambda removing: ...) # how to take the change back
+            tx.on_undo(UndoAction(...))      # how to take the change back
         # on any error: tx.rollback(); later, remove(): tx.rollback(removing=True)
 
     Undo actions get ``removing``: False when a failed ``apply`` is rolled
     back, True when ``remove()`` takes a finished patch off (which may keep
     things the user did since, such as hooks they added).
+
+    Actions must be objects of module-level classes holding the model
+    objects they restore (:mod:`adaptlang.runtime.undo`), never closures:
+    deep copies and pickles of an adapted model carry this log along.
     """
 
     def __init__(self) -> None:
         self._undo: list[Callable[[bool], None]] = []
 
     def on_undo(self, action: Callable[[bool], None]) -> None:
-        """Registers how to take back the change just made."""
+        """Registers how to take back the change just made (a data object, see the class docstring)."""
         self._undo.append(action)
 
     @contextlib.contextmanager
@@ -123,6 +129,17 @@ class TaskConfig:
     tune: list[SlotAssignment]
     prompt: str | None
 
+    # ``trainable_ids`` holds id()s, which name other objects in a deep copy or a
+    # pickle: they are left out of the state and recomputed from ``trainable``.
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["trainable_ids"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.trainable_ids = frozenset(id(p) for p in self.trainable)
+
 
 @dataclass
 class Patch:
@@ -173,7 +190,8 @@ def check_not_adapted(model: nn.Module) -> None:
     """Refuses a model that already carries adaptlang patches."""
     from adaptlang.runtime.site import SiteModule
 
-    if PROMPT_ATTR in model._modules or any(isinstance(m, SiteModule) for m in model.modules()):
+    if (HANDLE_ATTR in model.__dict__ or PROMPT_ATTR in model._modules or OUTSIDE_ATTR in model._modules
+            or any(isinstance(m, SiteModule) for m in model.modules())):
         raise RuntimeApplyError(Diagnostic(
             "this model is already adapted", obj=type(model).__name__,
             hint="call remove() on the existing Adapted first"))
@@ -194,29 +212,11 @@ def _wrap_site(patch: Patch, path: str) -> Any:
     snap = ModuleSnapshot(original)
     site = SiteModule.wrap(original)
 
-    def unwrap(removing: bool) -> None:
-        if removing and path in patch.quantized and not snap.keeps_all():
-            _dequantize_into(site, snap)
-        parent._modules[name] = original
-        snap.restore(hooks=not removing)
-
-    patch.tx.on_undo(unwrap)
+    patch.tx.on_undo(UnwrapSite(patch, path, parent, name, original, snap, site))
     parent._modules[name] = site
     patch.sites[path] = site
     patch.site_snapshots[path] = snap
     return site
-
-
-def _dequantize_into(site: Any, snap: ModuleSnapshot) -> None:
-    """Gives released original parameters the site's dequantized values (same objects)."""
-    base = site.unwrap()
-    for table in ("_parameters", "_buffers"):
-        for name, original in snap.tables[table].items():
-            if original is None or (table, name) not in snap.released:
-                continue
-            now = base.__dict__[table].get(name)
-            if now is not None and now is not original:
-                original.data = now.detach().to(original.dtype)
 
 
 def _tied_weight_paths(patch: Patch, path: str) -> list[str]:
@@ -269,11 +269,11 @@ def _add_deltas(patch: Patch, plan_dict: dict[str, Any], tokenizer: Any, seed: i
                     local = site.adapter_params(delta)
                 elif kind == "prompt":
                     if not patch.prompts.parts:
-                        patch.tx.on_undo(lambda removing: patch.prompts.remove())
+                        patch.tx.on_undo(RemovePrompts(patch.prompts))
                     local = patch.prompts.add(delta, site_dict, gen, tokenizer).adapter_params()
                 elif kind == "tune":
                     if not patch.tune.originals:
-                        patch.tx.on_undo(lambda removing: patch.tune.restore())
+                        patch.tx.on_undo(RestoreTune(patch.tune))
                     local = {site_dict["param"]: patch.tune.add(delta, site_dict)}
                 else:
                     raise RuntimeApplyError(f"unknown delta kind '{kind}'")
@@ -337,7 +337,7 @@ def collection_paused() -> Iterator[None]:
     """Pauses Python's cyclic garbage collector for the duration (restored on exit, even on error).
 
     Why: patching creates thousands of small objects (modules, parameters,
-    undo closures) that are all kept; each allocation burst would otherwise
+    undo actions) that are all kept; each allocation burst would otherwise
     trigger collections that walk the whole heap, a large model's included,
     for nothing to free: about a tenth of an apply, sometimes far more.
     """
@@ -356,7 +356,7 @@ def _patch(model: nn.Module, plan_dict: dict[str, Any], tokenizer: Any, seed: in
     # Only plans that re-train parameters pay for this walk (applying a LoRA plan stays as fast as it was).
     patch.base_ties = find_tied_paths(model) if _has_param_sites(plan_dict) else None
     flags = snapshot_flags(model)
-    patch.tx.on_undo(lambda removing: flags.restore())
+    patch.tx.on_undo(RestoreFlags(flags))
     try:
         for p, _ in flags.flags:
             p.requires_grad_(False)
@@ -380,4 +380,6 @@ def _patch(model: nn.Module, plan_dict: dict[str, Any], tokenizer: Any, seed: in
         # The originals were held only so a failed apply could restore them exactly.
         for path in patch.quantized:
             patch.site_snapshots[path].release_quantized()
+    if attach_outside(patch):
+        patch.tx.on_undo(DetachChild(model, OUTSIDE_ATTR))
     return patch
