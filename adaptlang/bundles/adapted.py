@@ -72,7 +72,8 @@ class BundleAdapted(Adapted):
 
         Every file is written to a temporary next to it and renamed into place
         only once all of them are written, so a failure leaves the previous
-        files as they were.
+        files as they were. A merged model saves the same bundles as unmerged:
+        bundles hold the delta parameters, never the (merged) base weights.
 
         Args:
             folder: Created if missing.

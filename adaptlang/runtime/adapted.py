@@ -12,6 +12,7 @@ kept the original weights (then exact, at the cost of the memory saved).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 from adaptlang.errors import BundleError, Diagnostic, RuntimeApplyError, did_you_mean
 from adaptlang.runtime.binding import bind_plan
 from adaptlang.runtime.copying import attach_handle, deepcopy_handle, handle_of, shallow_copy_error
+from adaptlang.runtime.merging import check_keep, merge_refusal
 from adaptlang.runtime.transaction import Patch, TaskConfig, check_not_adapted, patch_model
 
 __all__ = ["Adapted", "apply"]
@@ -57,6 +59,7 @@ class Adapted:
         self._trainable_now: list[nn.Parameter] = []
         self._merged = False
         self._merged_paths: list[str] = []
+        self._merge_report: dict[str, Any] = {}
         self._removed = False
 
     # ----------------------------------------------------------------- tasks
@@ -195,47 +198,83 @@ class Adapted:
                 target[key].copy_(value.to(device=target[key].device, dtype=target[key].dtype))
 
     # ---------------------------------------------------------------- merging
-    def merge(self) -> dict[str, Any]:
-        """Folds the active task's LoRA/IA3 (and sparse) deltas into the base weights.
+    def merge(self, keep: str = "device") -> dict[str, Any]:
+        """Folds the active task's LoRA/DoRA, IA3 and sparse deltas into the base weights.
 
-        Sites that cannot merge (a quantized base, adapters, a weight tied to
-        another module, in the base or through a shared tune copy) are left
-        active and reported, not an error: folding into a tied tensor would
-        change the other module too.
+        Formula: :mod:`adaptlang.runtime.merging` (DoRA as PEFT merges it). Sites
+        that cannot merge stay active, unmerged, and are reported, not an error
+        (a quantized base, only adapters, a tied weight, a ``tune`` copy, a base
+        weight that trains: :func:`~adaptlang.runtime.merging.merge_refusal`).
+        An unexpected error unmerges the sites already done, then propagates.
+
+        Args:
+            keep: ``"device"`` (default): keep the original of every base tensor a
+                merge changes, beside it, so :meth:`unmerge` and :meth:`remove`
+                restore it bit for bit in every dtype. Memory: one full copy of each
+                weight (and bias) a LoRA/DoRA/IA3 delta folds into, plus k entries
+                and positions per sparse-only target, until unmerged
+                (``report["kept_bytes"]``). ``"cpu"``: the same copies in host memory
+                (still exact; a device-to-host copy each way). ``"none"``: no copies;
+                unmerging inverts the arithmetic and is exact only **within
+                rounding** (sparse entries stay exact), and a factor with a zero
+                entry does not merge.
 
         Returns:
-            ``{"merged": [site paths], "not_merged": {site path: reason}}``.
+            ``{"merged": [site paths], "not_merged": {site path: reason}, "keep": keep,
+            "kept_bytes": int}``. While merged, the report of the merge in force
+            (merging twice is a no-op).
+
+        Raises:
+            RuntimeApplyError: An unknown ``keep`` (nothing changes), or removed.
         """
         self._check_live()
-        report: dict[str, Any] = {"merged": [], "not_merged": {}}
+        check_keep(keep)
         if self._merged:
-            return report
+            return copy.deepcopy(self._merge_report)
+        report: dict[str, Any] = {"merged": [], "not_merged": {}, "keep": keep, "kept_bytes": 0}
         tied = tied_parameter_ids(self.model)
         if self._patch.base_ties is not None:
             # A tune copy in one slot of a tied tensor leaves the original alone in the other:
             # folding into it would still change the base the other name comes back to.
             tied |= set(self._patch.base_ties)
-        for path in self._patch.configs[self._active].active_paths:
-            site = self._patch.sites[path]
-            if path in self._patch.quantized:
-                report["not_merged"][path] = "the base weight is quantized"
-                continue
-            if any(id(p) in tied for p in site.base._parameters.values() if p is not None):
-                # Folding into a shared tensor (GPT-2's lm_head and wte) would change the other module too.
-                report["not_merged"][path] = "the base weight is tied to another module"
-                continue
-            try:
-                site.merge()
-            except (RuntimeApplyError, NotImplementedError, ValueError) as exc:
-                report["not_merged"][path] = str(exc).splitlines()[0]
-                continue
-            report["merged"].append(path)
+        tuned = self._patch.tune.copy_ids()
+        try:
+            for path in self._patch.configs[self._active].active_paths:
+                site = self._patch.sites[path]
+                reason = merge_refusal(site, path in self._patch.quantized, tied, tuned)
+                if reason is None:
+                    try:
+                        site.merge(keep)
+                    except (RuntimeApplyError, NotImplementedError, ValueError) as exc:
+                        reason = str(exc).splitlines()[0]
+                if reason is not None:
+                    report["not_merged"][path] = reason
+                    continue
+                report["merged"].append(path)
+                report["kept_bytes"] += site.kept_bytes
+        except BaseException:
+            for path in reversed(report["merged"]):
+                self._patch.sites[path].unmerge()
+            raise
         self._merged = True
         self._merged_paths = list(report["merged"])
-        return report
+        self._merge_report = report
+        return copy.deepcopy(report)
 
     def unmerge(self) -> None:
-        """Undoes :meth:`merge` (the base weights come back within float rounding)."""
+        """Undoes :meth:`merge`: the base weights come back bit for bit (``keep="none"``: within rounding).
+
+        Whatever the delta factors became meanwhile: merged sites run no LoRA
+        product, so their factors get no gradients while merged, and a factor
+        changed anyway (by hand, or weight decay) takes effect from here on,
+        not in what comes back. After ``model.to(...)`` while merged, the
+        originals come back cast from their merge-time dtype as ``.to()``
+        casts: exact for a device move or an up-cast; a down-cast rounds them
+        once (the new dtype cannot hold every original bit).
+
+        Raises:
+            RuntimeApplyError: A merged parameter was removed or reshaped meanwhile.
+        """
         self._check_live()
         if not self._merged:
             return
@@ -243,6 +282,7 @@ class Adapted:
             self._patch.sites[path].unmerge()
         self._merged = False
         self._merged_paths = []
+        self._merge_report = {}
 
     @property
     def merged(self) -> bool:
@@ -279,8 +319,11 @@ class Adapted:
         """Takes every patch off: the model exactly as before ``apply``.
 
         Same module objects at every path, same parameter objects, the same
-        ``requires_grad`` flags; values identical (quantized sites: see the
-        module docstring). The ``Adapted`` is unusable afterwards.
+        ``requires_grad`` flags; values bit-identical in every dtype, merged or
+        not (a merge keeps the originals it needs: :meth:`merge`), except after
+        ``merge(keep="none")`` (within rounding), after a down-cast while
+        merged (the originals, rounded once) and for quantized sites (see the module
+        docstring). The ``Adapted`` is unusable afterwards.
 
         Returns:
             The model.

@@ -13,8 +13,10 @@ change. (``v ** w`` would also leave ones alone, but is undefined for
 negative entries.)
 
 Merging multiplies the weight's rows (output side, and the bias) or columns
-(input side) by the factor; unmerging divides, which is exact only where no
-factor entry is zero, so a factor with a zero refuses to merge.
+(input side) by the factor (:mod:`adaptlang.runtime.merging`); unmerging puts
+back the kept original weights, bit for bit. Only ``merge(keep="none")``
+divides instead, which is exact only within rounding and impossible where a
+factor entry is zero, so there a factor with a zero refuses to merge.
 """
 
 from __future__ import annotations

@@ -241,7 +241,8 @@ class LoRALinear(nn.Module):
 
     Works on ``nn.Linear``, GPT-2 ``Conv1D`` and ``nn.Embedding``; ``merge()``
     folds the delta into the layer's weight and ``unmerge()`` takes it out
-    again (exact inverses up to float rounding).
+    again, bit for bit (``merge`` keeps a copy of the weight; see
+    :func:`~adaptlang.runtime.merging.merge_parts` for ``keep``).
 
     Args:
         base: The layer (kept as ``base``; its weight changes only while merged).
@@ -281,15 +282,20 @@ class LoRALinear(nn.Module):
             return (y + term).to(y.dtype)
         return LoRAGroup([(part, 1.0)], self.base).add_to(y, x, self.training)
 
-    def merge(self) -> None:
-        """Folds the LoRA into the base weight (no-op when merged)."""
+    def merge(self, keep: str = "device") -> None:
+        """Folds the LoRA into the base weight (no-op when merged).
+
+        Args:
+            keep: ``"device"``/``"cpu"``: keep a copy of the weight (and bias) there,
+                for an exact unmerge; ``"none"``: no copy, unmerge within rounding.
+        """
         from adaptlang.runtime.merging import merge_parts
 
         if self._record is None:
-            self._record = merge_parts(self.base, [(self.lora, 1.0)])
+            self._record = merge_parts(self.base, [(self.lora, 1.0)], keep=keep)
 
     def unmerge(self) -> None:
-        """Takes the LoRA back out of the base weight (no-op when not merged)."""
+        """Takes the LoRA back out of the base weight (no-op when not merged; exact unless ``keep="none"``)."""
         from adaptlang.runtime.merging import unmerge_parts
 
         if self._record is not None:

@@ -49,7 +49,7 @@ from adaptlang.runtime.fused import plain_linear
 from adaptlang.runtime.ia3 import build_ia3_part
 from adaptlang.runtime.layers import describe_layer, module_device, out_in_view
 from adaptlang.runtime.lora import build_lora_part
-from adaptlang.runtime.merging import MERGEABLE_KINDS, merge_parts, unmerge_parts
+from adaptlang.runtime.merging import MERGEABLE_KINDS, check_keep, merge_parts, unmerge_parts
 from adaptlang.runtime.program import BASE_ONLY, LORA_ONLY, Program, output_is_private
 from adaptlang.runtime.quant import QuantizedWeight
 from adaptlang.runtime.sparse import build_sparse_part
@@ -246,16 +246,32 @@ class SiteModule(SiteActivity, nn.Module):
         """True while active deltas are folded into the base weights."""
         return self._merged is not None
 
-    def merge(self) -> None:
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes held to undo the merge now in force (0 when not merged; see :meth:`merge`)."""
+        return 0 if self._merged is None else self._merged.kept_bytes()
+
+    def merge(self, keep: str = "device") -> None:
         """Folds the active LoRA/DoRA, IA3 and sparse deltas into the base weights.
 
         Adapters stay active around the merged base. No-op when merged or
-        nothing is active.
+        nothing is active. The formula and the modes are in
+        :mod:`adaptlang.runtime.merging`.
+
+        Args:
+            keep: ``"device"`` (default): keep the original of every tensor the merge
+                changes, next to it, so :meth:`unmerge` restores it bit for bit; memory:
+                one copy of each weight/bias a LoRA/DoRA/IA3 delta folds into (a tensor
+                only sparse deltas touch: its k entries and positions). ``"cpu"``: the
+                same copies in host memory (still exact). ``"none"``: no copy;
+                unmerge inverts the arithmetic, within rounding.
 
         Raises:
-            RuntimeApplyError: A quantized base, only adapters active, or a
-                merge that could not be undone exactly (nothing changes).
+            RuntimeApplyError: A quantized base, only adapters active, rows running,
+                an unknown ``keep``, or (``keep="none"``) a factor with a zero
+                entry (nothing changes).
         """
+        check_keep(keep)
         if self._rows is not None:
             raise RuntimeApplyError("cannot merge while rows run different deltas (set_rows(None) first)")
         if self._merged is not None or not self._active:
@@ -266,17 +282,28 @@ class SiteModule(SiteActivity, nn.Module):
         if not names:
             raise RuntimeApplyError("nothing here can merge: adapters run beside the base weights")
         weights = dict(self._active)
-        self._merged = merge_parts(self.base, [(self.parts[d], weights[d]) for d in names])
+        self._merged = merge_parts(self.base, [(self.parts[d], weights[d]) for d in names], keep=keep)
         self._merged_names = frozenset(names)
         self._rebuild()
 
     def unmerge(self) -> None:
-        """Takes merged deltas back out of the base weights (no-op when not merged)."""
+        """Takes merged deltas back out of the base weights (no-op when not merged).
+
+        Bit for bit unless merged with ``keep="none"``, whatever happened to
+        the delta factors meanwhile (merged parts get no gradients, but a
+        changed factor must not change what comes back). Changes made to the
+        merged base tensors themselves while merged are discarded. After
+        ``.to(...)`` while merged, the originals come back cast from their
+        merge-time dtype as ``.to()`` casts (exact for a device move or an up-cast).
+
+        Raises:
+            RuntimeApplyError: A merged parameter was removed or reshaped (the site stays merged).
+        """
         if self._merged is None:
             return
-        record, self._merged = self._merged, None
+        unmerge_parts(self._merged)
+        self._merged = None
         self._merged_names = frozenset()
-        unmerge_parts(record)
         self._rebuild()
 
     # ------------------------------------------------------- quantization

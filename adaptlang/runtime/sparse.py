@@ -13,8 +13,9 @@ Positions are chosen once, at apply time:
 * ``random``: k distinct positions drawn from a generator seeded by the
   site's ``seed`` and its path (independent of the other deltas).
 
-Merging adds the values in place and remembers the k entries it overwrote,
-so unmerging puts back exactly the original bits.
+Merging (:mod:`adaptlang.runtime.merging`) adds the values into the
+parameter and keeps the k entries it overwrote (with their positions), so
+unmerging puts back exactly the original bits, whatever the ``keep`` mode.
 """
 
 from __future__ import annotations
@@ -107,19 +108,6 @@ class SparsePart(nn.Module):
     def dense(self, weight: float = 1.0) -> torch.Tensor:
         """Returns the delta as a dense tensor of the parameter's shape."""
         return self.apply_to(torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device), weight)
-
-    def merge_into(self, tensor: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
-        """Adds the delta to ``tensor`` in place; returns the k entries it had before (for unmerging)."""
-        flat = tensor.view(-1)
-        saved = flat[self.indices].clone()
-        values = self.values.detach() if weight == 1.0 else self.values.detach() * weight
-        flat.index_add_(0, self.indices, values.to(tensor.dtype))
-        return saved
-
-    @staticmethod
-    def unmerge_from(tensor: torch.Tensor, indices: torch.Tensor, saved: torch.Tensor) -> None:
-        """Puts back the entries :meth:`merge_into` saved (exact)."""
-        tensor.view(-1)[indices] = saved
 
     def extra_repr(self) -> str:
         return f"param={self.param}, shape={self.shape}, k={self.k}"

@@ -91,6 +91,10 @@ class TuneSlots:
         """
         return dict(self.copies.get(delta, {}))
 
+    def copy_ids(self) -> set[int]:
+        """Returns ``id()`` of every delta's copy (``merge`` must not fold into one)."""
+        return {id(copy) for copies in self.copies.values() for copy in copies.values()}
+
     def assignments_for(self, deltas: list[str], task: str = "") -> list[SlotAssignment]:
         """Precomputes what every slot holds while exactly ``deltas`` are active.
 

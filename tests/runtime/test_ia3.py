@@ -114,23 +114,30 @@ def test_merge_unmerge_round_trip(kind, make_site):
     torch.testing.assert_close(site(x), unmerged, atol=1e-5, rtol=1e-5)
     site.unmerge()
     for key, value in site.base.state_dict().items():
-        torch.testing.assert_close(value, before[key], atol=1e-6, rtol=0)
+        assert torch.equal(value, before[key]), key
 
 
-def test_merge_refuses_a_zero_factor_and_changes_nothing(make_site):
+def test_a_zero_factor_merges_exactly_but_refuses_keep_none(make_site):
     site = make_site("linear", a=False)
     with torch.no_grad():
         site.parts["a"].ia3_l[3] = 0.0
     site.set_active([("a", 1.0)])
     before = {k: v.clone() for k, v in site.base.state_dict().items()}
+    # No copy kept: dividing by the zero could not give row 3 back, so nothing changes.
     with pytest.raises(RuntimeApplyError, match="zero entry"):
-        site.merge()
+        site.merge(keep="none")
     assert not site.merged
     for key, value in site.base.state_dict().items():
         assert torch.equal(value, before[key])
-    # At weight 0.5 the factor there is 0.5: merging is fine.
-    site.set_active([("a", 0.5)])
+    # The default keeps the originals: the zero row merges and comes back bit for bit.
     site.merge()
+    assert site.merged and not site.base.weight[3].any()
+    site.unmerge()
+    for key, value in site.base.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    # At weight 0.5 the factor there is 0.5: merging without a copy is fine.
+    site.set_active([("a", 0.5)])
+    site.merge(keep="none")
     assert site.merged
 
 
@@ -151,8 +158,9 @@ def test_ia3_on_any_module_output_and_errors():
         SiteModule.wrap(nn.Linear(4, 4)).add_part("e", "ia3", {"out_features": 5}, None)
 
 
+@pytest.mark.parametrize("keep", ["device", "none"])
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
-def test_merge_with_lora_dora_and_sparse_at_one_site(kind, make_site):
+def test_merge_with_lora_dora_and_sparse_at_one_site(kind, keep, make_site):
     # merging.py's closed form: W' = v * (g * W0 + K) * u, b' = v * (b0 + ...), all folded at once.
     site = make_site(kind, o=False, f=True)
     gen = torch.Generator().manual_seed(9)
@@ -169,9 +177,15 @@ def test_merge_with_lora_dora_and_sparse_at_one_site(kind, make_site):
     x = make_x()
     unmerged = site(x)
     before = {k: v.clone() for k, v in site.base.state_dict().items()}
-    site.merge()
+    site.merge(keep=keep)
     torch.testing.assert_close(site(x), unmerged, atol=1e-5, rtol=1e-5)
     site.unmerge()
+    if keep == "none":  # the arithmetic inverse: within rounding, the sparse entries exact
+        for key, value in site.base.state_dict().items():
+            torch.testing.assert_close(value, before[key], atol=1e-6, rtol=0)
+        flat = site.base.weight.detach().reshape(-1)
+        assert torch.equal(flat[site.parts["s"].indices], before["weight"].reshape(-1)[site.parts["s"].indices])
+        return
     for key, value in site.base.state_dict().items():
-        torch.testing.assert_close(value, before[key], atol=1e-6, rtol=0)
-    torch.testing.assert_close(site(x), unmerged, atol=1e-6, rtol=1e-6)
+        assert torch.equal(value, before[key]), key
+    assert torch.equal(site(x), unmerged)
