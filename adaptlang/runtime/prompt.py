@@ -21,9 +21,12 @@ which gives the same result when they are the defaults).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
-from typing import Any, Callable
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -35,6 +38,11 @@ __all__ = ["PROMPT_ATTR", "PromptPart", "PromptController"]
 
 #: Attribute on the root model that holds every prompt delta's vectors.
 PROMPT_ATTR = "adaptlang_prompts"
+
+#: ``(controller, prompt, per-row prompts)`` of the current call (``call_scope``), or None.
+#: Per context, not per controller: threads (and async tasks) calling one model each see their own.
+_CALL_SCOPE: ContextVar[tuple[Any, str | None, list[str | None] | None] | None] = ContextVar(
+    "adaptlang_prompt_scope", default=None)
 
 
 class PromptPart(nn.Module):
@@ -177,6 +185,23 @@ class PromptController:
         """Makes ``delta`` the prompt prepended to every call (None: no prompt)."""
         self.active = delta
 
+    @contextmanager
+    def call_scope(self, prompt: str | None, rows: list[str | None] | None) -> Iterator[None]:
+        """Model calls made in the current context (this thread, this task) use ``prompt``, or per-row ``rows``.
+
+        Unlike :meth:`set_active` / :meth:`set_rows`, nothing shared changes:
+        concurrent calls in other contexts keep their own prompts.
+
+        Args:
+            prompt: The prompt delta for every row (None: none); ignored when ``rows`` is given.
+            rows: Per batch row, its prompt delta (None: none), or None.
+        """
+        token = _CALL_SCOPE.set((self, prompt, None if rows is None else list(rows)))
+        try:
+            yield
+        finally:
+            _CALL_SCOPE.reset(token)
+
     def remove(self) -> None:
         """Removes the hook and the ``adaptlang_prompts`` module; forgets every part."""
         if self._handle is not None:
@@ -190,11 +215,20 @@ class PromptController:
 
     def _rewrite_call(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """The forward pre-hook: prepends the active prompt (or each row's) to the call's inputs."""
-        if self.rows is not None:
+        scope = _CALL_SCOPE.get()
+        if scope is not None and scope[0] is self:  # a call_scope of this model (not of another one)
+            _, active, rows = scope
+        else:
+            active, rows = self.active, self.rows
+        if rows is not None:
             from adaptlang.runtime.prompt_rows import prepend_row_prompts  # it imports this module
 
-            return prepend_row_prompts(self, args, kwargs)
-        if self.active is None:
+            view = self
+            if rows is not self.rows:  # prepend_row_prompts reads ctrl.rows: hand it a view with this call's
+                view = copy.copy(self)
+                view.rows = rows
+            return prepend_row_prompts(view, args, kwargs)
+        if active is None:
             return None
         kwargs = dict(kwargs)
         if args:
@@ -210,11 +244,11 @@ class PromptController:
         if _cache_length(kwargs.get("past_key_values")) > 0:
             raise RuntimeApplyError(Diagnostic(
                 "prompt tuning does not support decoding with a KV cache",
-                obj=self.active, hint="call generate(..., use_cache=False)"))
+                obj=active, hint="call generate(..., use_cache=False)"))
         if embeds is None:
-            embed = resolve_module(self.model, self.embed_paths[self.active])
+            embed = resolve_module(self.model, self.embed_paths[active])
             embeds = embed(input_ids)  # (B, L, D)
-        part = self.parts[self.active]
+        part = self.parts[active]
         batch, length, n = embeds.shape[0], embeds.shape[1], part.tokens
         kwargs["inputs_embeds"] = torch.cat([part.expand(batch, embeds.dtype), embeds], dim=1)  # (B, N+L, D)
         self._extend_extras(kwargs, batch, length, n)
