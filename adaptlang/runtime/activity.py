@@ -4,9 +4,15 @@
 that turns an ordered ``(delta, weight)`` list into the site's forward
 program. Programs read their tensors at call time, so one built for a list
 stays valid until the tensors themselves are swapped (``.to()``,
-``quantize()``, ``unwrap()``; the site clears them then); they are kept per
-list, and ``apply`` builds every task's up front (:meth:`SiteActivity.prepare`),
-so ``use(task)`` only assigns them.
+``quantize()``, ``unwrap()``, merging); they are kept per list, and ``apply``
+builds every task's up front (:meth:`SiteActivity.prepare`), so
+``use(task)`` only assigns them.
+
+Every such swap goes through ``_rebuild``, which bumps the site's ``_epoch``:
+programs kept *outside* the site (a mixed-task layout's, built with
+:meth:`SiteActivity.row_program` and run through the call's context, see
+:mod:`adaptlang.runtime.concurrency`) are valid while the epoch they were
+built at is the site's.
 """
 
 from __future__ import annotations
@@ -113,19 +119,37 @@ class SiteActivity:
             self._rows = None
             self._prog = self._single
             return
-        key = tuple(tuple((d, float(w)) for d, w in row) for row in rows)
+        key = _rows_key(rows)
         cached = self._row_cache
         if cached is not None and cached[0] == key:  # the same batch layout as last time: nothing to build
             prog = cached[1]
         else:
-            for row in key:
-                for delta, _ in row:
-                    self._part(delta)
-            prog = self._row_program(key)  # raises before anything changes
+            prog = self._checked_row_program(key)  # raises before anything changes
         if self._merged is not None:
             self.unmerge()  # the program reads the weights at call time: it stays valid
         self._rows, self._prog = key, prog
         self._row_cache = (key, prog)
+
+    def row_program(self, rows: list[list[tuple[str, float]]]) -> Any:
+        """Returns the program for per-row lists (as :meth:`set_rows` would run it), changing nothing.
+
+        For a caller that runs it through the call's context
+        (:data:`~adaptlang.runtime.concurrency.CALL_PROGRAMS`) and keeps it
+        while ``_epoch`` is unchanged.
+
+        Raises:
+            RuntimeApplyError: As :meth:`set_rows`, or a merged site (its weights hold one task).
+        """
+        if self._merged is not None:
+            raise RuntimeApplyError("this site is merged (its weights hold one task's deltas): unmerge first")
+        return self._checked_row_program(_rows_key(rows))
+
+    def _checked_row_program(self, key: tuple[tuple[tuple[str, float], ...], ...]) -> Any:
+        """Checks every delta of a rows key, then builds (or finds) its program."""
+        for row in key:
+            for delta, _ in row:
+                self._part(delta)
+        return self._row_program(key)
 
     def _row_program(self, rows: tuple[tuple[tuple[str, float], ...], ...]) -> Any:
         """The program for per-row lists: the plain one when every row lists the same deltas."""
@@ -137,7 +161,12 @@ class SiteActivity:
         return RowProgram(self.base, self.parts, [list(row) for row in rows], self.quant)
 
     def _rebuild(self) -> None:
-        """Recomputes the forward programs from the active, unmerged parts (and the per-row lists)."""
+        """Recomputes the forward programs from the active, unmerged parts (and the per-row lists).
+
+        Called whenever the site's tensors change; bumps ``_epoch`` so that
+        programs kept elsewhere (mixed-task layouts) are rebuilt too.
+        """
+        self._epoch += 1
         entries = [(self.parts[d], w) for d, w in self._active if d not in self._merged_names]
         self._single = Program.build(self.base, entries, self.quant)
         self._row_cache = None
@@ -146,3 +175,8 @@ class SiteActivity:
             self._row_cache = (self._rows, self._prog)
         else:
             self._prog = self._single
+
+
+def _rows_key(rows: list[list[tuple[str, float]]]) -> tuple[tuple[tuple[str, float], ...], ...]:
+    """Per-row lists as a hashable key, weights as floats (the keys ``_programs`` uses)."""
+    return tuple(tuple((d, float(w)) for d, w in row) for row in rows)

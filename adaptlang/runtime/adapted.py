@@ -8,6 +8,11 @@ site configurations, parameter slots and ``requires_grad`` flags.
 Quantized sites: ``remove()`` gives back the same module and parameter
 objects, holding *dequantized* values — unless ``apply(..., keep_base=True)``
 kept the original weights (then exact, at the cost of the memory saved).
+
+Threads: calls through the handle (``adapted(...)``, ``adapted(..., tasks=...)``)
+may run concurrently; ``use()``, ``merge()``, ``unmerge()``, ``remove()`` and
+``load_adapter_state_dict()`` change the model for every caller and wait
+until no call runs (:mod:`adaptlang.runtime.concurrency`).
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from adaptlang.errors import BundleError, Diagnostic, RuntimeApplyError, did_you_mean
+from adaptlang.errors import BundleError, Diagnostic, RuntimeApplyError, UsageError, did_you_mean
 from adaptlang.runtime.binding import bind_plan
+from adaptlang.runtime.concurrency import CallGate, changes_model
 from adaptlang.runtime.copying import attach_handle, deepcopy_handle, handle_of, shallow_copy_error
 from adaptlang.runtime.merging import check_keep, merge_refusal
+from adaptlang.runtime.mixed import run_mixed, run_plain
 from adaptlang.runtime.transaction import Patch, TaskConfig, check_not_adapted, patch_model
 
 __all__ = ["Adapted", "apply"]
@@ -44,7 +51,10 @@ class TaskSwitch:
 class Adapted:
     """A model patched with a plan's deltas; one task active at a time.
 
-    Build it with :func:`apply`. Attributes:
+    Build it with :func:`apply`. The active task is model state, shared by
+    every caller: a server choosing a task per request passes
+    ``adapted(..., tasks=[...])``, which is safe from several threads at once;
+    ``use()`` switches the model for everyone (it waits for running calls).
 
     Attributes:
         model: The model object passed to ``apply``, patched in place.
@@ -61,6 +71,7 @@ class Adapted:
         self._merged_paths: list[str] = []
         self._merge_report: dict[str, Any] = {}
         self._removed = False
+        self._gate = CallGate()  # forwards share it; use/merge/unmerge/remove/loading hold it alone
 
     # ----------------------------------------------------------------- tasks
     @property
@@ -73,11 +84,17 @@ class Adapted:
         """The task now active (None once removed)."""
         return self._active
 
+    @changes_model("use")
     def use(self, task: str) -> TaskSwitch:
         """Activates exactly ``task``'s deltas, with its weights and order, and its trainability.
 
         A merged model is unmerged first. Also a context manager:
         ``with adapted.use("qa"): ...`` switches back on exit.
+
+        The switch is for every caller of the model, not for this thread: it
+        waits until no call through this handle runs, and calls arriving
+        meanwhile wait for it. To pick a task per call (a server), pass
+        ``adapted(**batch, tasks=[task] * batch_size)`` instead.
 
         Args:
             task: A task name.
@@ -86,6 +103,8 @@ class Adapted:
             A :class:`TaskSwitch` (usable with ``with``).
 
         Raises:
+            UsageError: ``task`` is not a task name (a str), or ``use`` was
+                called from inside a forward of this model (a hook).
             RuntimeApplyError: Unknown task (with a did-you-mean), or removed.
         """
         self._check_live()
@@ -109,6 +128,10 @@ class Adapted:
 
     def _config(self, task: str) -> TaskConfig:
         """Returns a task's precomputed configuration, or raises with a suggestion."""
+        if not isinstance(task, str):
+            raise UsageError(Diagnostic(
+                f"expected a task name (a str), got {type(task).__name__} {task!r}", obj="task",
+                notes=(f"tasks: {', '.join(self._patch.configs)}",)))
         config = self._patch.configs.get(task)
         if config is None:
             raise RuntimeApplyError(Diagnostic(
@@ -170,6 +193,7 @@ class Adapted:
             for key, p in self._patch.delta_params[delta].items()
         }
 
+    @changes_model("load_adapter_state_dict")
     def load_adapter_state_dict(self, state_dict: dict[str, torch.Tensor], task: str | None = None) -> None:
         """Copies a task's bundle values into its delta parameters.
 
@@ -198,6 +222,7 @@ class Adapted:
                 target[key].copy_(value.to(device=target[key].device, dtype=target[key].dtype))
 
     # ---------------------------------------------------------------- merging
+    @changes_model("merge")
     def merge(self, keep: str = "device") -> dict[str, Any]:
         """Folds the active task's LoRA/DoRA, IA3 and sparse deltas into the base weights.
 
@@ -261,6 +286,7 @@ class Adapted:
         self._merge_report = report
         return copy.deepcopy(report)
 
+    @changes_model("unmerge")
     def unmerge(self) -> None:
         """Undoes :meth:`merge`: the base weights come back bit for bit (``keep="none"``: within rounding).
 
@@ -304,17 +330,21 @@ class Adapted:
     def __call__(self, *args: Any, tasks: list[str | None] | None = None, **kwargs: Any) -> Any:
         """Calls the model; with ``tasks``, each batch row runs under its own task, in one forward.
 
+        Safe from several threads at once, with or without ``tasks`` (each
+        call's rows travel with the call); ``use()`` and the other changes
+        wait for running calls. Calling ``adapted.model(...)`` directly skips
+        that guard.
+
         Args:
             *args, **kwargs: The model call.
             tasks: One task name per batch row (None: the bare base model); see
                 :mod:`adaptlang.runtime.mixed`. The active task is unchanged afterwards.
         """
         if tasks is None:
-            return self.model(*args, **kwargs)
-        from adaptlang.runtime.mixed import run_mixed
-
+            return run_plain(self, args, kwargs)
         return run_mixed(self, args, kwargs, tasks)
 
+    @changes_model("remove")
     def remove(self) -> nn.Module:
         """Takes every patch off: the model exactly as before ``apply``.
 

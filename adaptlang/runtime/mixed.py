@@ -1,31 +1,44 @@
 """Mixed-task batches: ``adapted(**inputs, tasks=[...])`` runs every row under its own task, in one forward.
 
 ``tasks`` names one task per batch row (``None``: the bare base model). For
-the call, every site gets per-row delta lists (``SiteModule.set_rows``, see
-:mod:`adaptlang.runtime.rows` and :mod:`adaptlang.runtime.row_lora`), the
-prompt hook gets per-row prompts (:mod:`adaptlang.runtime.prompt_rows`), and
-afterwards the active task's state comes back, also when the call fails.
-Each row's output equals that row run alone under its task (float rounding
-aside); with prompts of different lengths, a row's inputs sit at the last
-``L`` positions of the output, as they do with one prompt.
+the call, every site runs a per-row program (:mod:`adaptlang.runtime.rows`
+and :mod:`adaptlang.runtime.row_lora`) and the prompt hook prepends per-row
+prompts (:mod:`adaptlang.runtime.prompt_rows`). Both travel with the call,
+in its context (:data:`~adaptlang.runtime.concurrency.CALL_PROGRAMS` and
+``PromptController.call_scope``), not in the model: the active task is never
+touched, and threads calling one model with different ``tasks`` at once get
+each their own rows (:mod:`adaptlang.runtime.concurrency`). Each row's output
+equals that row run alone under its task (float rounding aside); with
+prompts of different lengths, a row's inputs sit at the last ``L`` positions
+of the output, as they do with one prompt.
+
+Re-trained (``tune``) parameters are the exception: their copies go in the
+model's parameter slots, one value per slot for the whole batch. Rows whose
+tasks agree on their tune deltas mix freely; when that agreed set differs
+from the active task's, the call swaps the slots and so runs *alone*: it
+waits for running forwards and holds back other calls until it returns.
 
 Not mixable, refused with an error naming the task:
 
 * rows whose tasks put different ``tune`` copies in one parameter slot (a
-  re-trained ``lm_head.weight`` is one tensor for the whole batch); tasks
-  that agree on their tune deltas mix freely;
+  re-trained ``lm_head.weight`` is one tensor for the whole batch);
 * a merged model (its weights hold one task): ``unmerge()`` first.
 
 ``requires_grad`` flags stay the active task's: gradients of a mixed batch
 reach the deltas of the active task (train one task per batch; mixed batches
-are meant for serving).
+are meant for serving). The per-row programs are in effect during the
+forward only: recomputing it in the backward (gradient checkpointing) runs
+the active task's.
 
-Layouts (which site gets which per-row lists) are computed once per
-distinct ``tasks`` list and kept (a few per model).
+Layouts (which site runs which per-row program) are computed once per
+distinct ``tasks`` list and kept (a few per model); a layout's programs are
+rebuilt when a site's tensors change (its ``_epoch``: ``.to()``,
+``quantize()``, merging).
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -33,12 +46,14 @@ from typing import Any
 import torch
 
 from adaptlang.errors import Diagnostic, RuntimeApplyError, UsageError, did_you_mean
+from adaptlang.runtime.concurrency import CALL_PROGRAMS, call_programs
 
-__all__ = ["MixedLayout", "check_tasks", "run_mixed"]
+__all__ = ["MixedLayout", "check_tasks", "run_mixed", "run_plain"]
 
 #: Layouts kept per adapted model (most recent ``tasks`` lists).
 _KEEP = 8
 _layouts: "weakref.WeakKeyDictionary[Any, dict[tuple, MixedLayout]]" = weakref.WeakKeyDictionary()
+_layouts_lock = threading.Lock()  # calls on other threads add and drop layouts too
 
 
 @dataclass
@@ -56,6 +71,22 @@ class MixedLayout:
     tune: list[Any]
     prompts: list[str | None] | None
     prompt: str | None
+    #: ``(site epochs, {site: program})`` as last built; one attribute, so a reader sees a matching pair.
+    built: tuple[list[int], dict[Any, Any]] | None = None
+
+    def programs(self) -> dict[Any, Any]:
+        """Returns site -> per-row program, rebuilt when a site's tensors changed since (its ``_epoch``)."""
+        built = self.built
+        if built is not None and [site._epoch for site, _ in self.sites] == built[0]:
+            return built[1]
+        epochs = [site._epoch for site, _ in self.sites]  # before building: a change meanwhile rebuilds again
+        programs = {site: site.row_program(rows) for site, rows in self.sites}
+        self.built = (epochs, programs)
+        return programs
+
+    def swaps_tune(self, active: Any) -> bool:
+        """True when the layout's tune slots differ from what the ``active`` config put there."""
+        return any(mine is not theirs for (_, _, mine), (_, _, theirs) in zip(self.tune, active.tune))
 
 
 def batch_size(args: tuple, kwargs: dict) -> int | None:
@@ -132,18 +163,23 @@ def build_layout(patch: Any, names: tuple[str | None, ...]) -> MixedLayout:
 
 def _layout(adapted: Any, names: tuple[str | None, ...]) -> MixedLayout:
     """Returns the (cached) layout for ``names``."""
-    cache = _layouts.setdefault(adapted, {})
-    layout = cache.get(names)
+    with _layouts_lock:
+        cache = _layouts.setdefault(adapted, {})
+        layout = cache.get(names)
     if layout is None:
-        layout = build_layout(adapted._patch, names)
-        if len(cache) >= _KEEP:
-            cache.pop(next(iter(cache)))
-        cache[names] = layout
+        layout = build_layout(adapted._patch, names)  # (outside the lock: two threads may both build; same result)
+        with _layouts_lock:
+            if len(cache) >= _KEEP:
+                cache.pop(next(iter(cache)))
+            cache[names] = layout
     return layout
 
 
 def run_mixed(adapted: Any, args: tuple, kwargs: dict, tasks: Any) -> Any:
     """Calls the model with each batch row under its own task (module docstring).
+
+    Safe to call from several threads at once (and beside plain calls); a
+    layout that swaps tune slots runs alone.
 
     Args:
         adapted: The :class:`~adaptlang.runtime.adapted.Adapted` handle.
@@ -154,30 +190,51 @@ def run_mixed(adapted: Any, args: tuple, kwargs: dict, tasks: Any) -> Any:
         The model's output.
 
     Raises:
-        UsageError: A malformed ``tasks`` list.
+        UsageError: A malformed ``tasks`` list, or a call that must run alone made from
+            inside a forward of the model.
         RuntimeApplyError: Unknown or unmixable tasks, a merged model, or a failure in the call.
     """
     adapted._check_live()
     patch = adapted._patch
     names = check_tasks(tasks, patch.configs, batch_size(args, kwargs))
+    layout = _layout(adapted, names)
+    gate = adapted._gate
+    with gate.forward():
+        active = _checked_active(adapted)
+        if not layout.swaps_tune(active):
+            return _run(adapted, layout, args, kwargs)
+    # The layout's tune copies must sit in the parameter slots every forward reads: run alone.
+    with gate.forward(exclusive=True):
+        active = _checked_active(adapted)  # (the task may have changed between the two)
+        try:
+            patch.tune.activate(layout.tune)
+            return _run(adapted, layout, args, kwargs)
+        finally:
+            patch.tune.activate(active.tune)
+
+
+def run_plain(adapted: Any, args: tuple, kwargs: dict) -> Any:
+    """``adapted(...)`` without ``tasks``: the active task for every row, beside other calls (under the gate)."""
+    with adapted._gate.forward():
+        if CALL_PROGRAMS.get() is None:
+            return adapted.model(*args, **kwargs)
+        # Made from inside a mixed-task call (a hook): the active task, not the outer call's rows.
+        config = adapted._patch.configs.get(adapted.active_task)
+        with call_programs(None), adapted._patch.prompts.call_scope(config.prompt if config else None, None):
+            return adapted.model(*args, **kwargs)
+
+
+def _checked_active(adapted: Any) -> Any:
+    """The active task's config, after checking the handle is live and unmerged (under the gate)."""
+    adapted._check_live()
     if adapted.merged:
         raise RuntimeApplyError(Diagnostic(
             f"the model is merged (task '{adapted.active_task}' is folded into its weights)", obj="tasks",
             hint="call unmerge() before running a mixed-task batch"))
-    layout = _layout(adapted, names)
-    active = patch.configs[adapted.active_task]
-    try:
-        for site, rows in layout.sites:
-            site.set_rows(rows)
-        patch.tune.activate(layout.tune)
-        if layout.prompts is not None:
-            patch.prompts.set_rows(layout.prompts)
-        else:
-            patch.prompts.set_active(layout.prompt)
+    return adapted._patch.configs[adapted.active_task]
+
+
+def _run(adapted: Any, layout: MixedLayout, args: tuple, kwargs: dict) -> Any:
+    """Runs the model with the layout's programs and prompts in this call's context."""
+    with call_programs(layout.programs()), adapted._patch.prompts.call_scope(layout.prompt, layout.prompts):
         return adapted.model(*args, **kwargs)
-    finally:
-        for site, _ in layout.sites:
-            site.set_rows(None)
-        patch.tune.activate(active.tune)
-        patch.prompts.set_rows(None)
-        patch.prompts.set_active(active.prompt)

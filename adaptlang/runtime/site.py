@@ -18,7 +18,10 @@ switches only assign; :mod:`adaptlang.runtime.activity`), and the forward
 does no per-call lookups: with plain LoRA only on an ``nn.Linear`` it is the
 fused product of :mod:`adaptlang.runtime.fused`; with nothing active (or all
 merged) it is ``base(x)``. ``set_rows`` gives every batch row its own list
-instead (mixed-task batches, :mod:`adaptlang.runtime.rows`).
+instead (mixed-task batches, :mod:`adaptlang.runtime.rows`), for direct
+single-threaded callers; ``adapted(..., tasks=[...])`` hands each site its
+per-row program through the call's context instead (``CALL_PROGRAMS``,
+:mod:`adaptlang.runtime.concurrency`), which concurrent calls do not share.
 
 Drop-in behaviour in HF models:
 
@@ -45,6 +48,7 @@ from torch import nn
 from adaptlang.errors import Diagnostic, RuntimeApplyError, did_you_mean
 from adaptlang.runtime.activity import SiteActivity
 from adaptlang.runtime.adapter import build_adapter_part
+from adaptlang.runtime.concurrency import CALL_PROGRAMS
 from adaptlang.runtime.fused import plain_linear
 from adaptlang.runtime.ia3 import build_ia3_part
 from adaptlang.runtime.layers import describe_layer, module_device, out_in_view
@@ -58,6 +62,8 @@ from adaptlang.runtime.state_keys import put_base_keys_back, route_base_keys
 __all__ = ["PART_KINDS", "SiteModule"]
 
 PART_KINDS = ("lora", "ia3", "adapter", "sparse")
+
+_call_programs = CALL_PROGRAMS.get  # bound once: the forward calls it on every site
 
 
 class SiteModule(SiteActivity, nn.Module):
@@ -85,6 +91,7 @@ class SiteModule(SiteActivity, nn.Module):
             _single=single,  # the set_active program, kept while rows run
             _prog=single,
             _row_cache=None,  # (rows, program) of the last set_rows
+            _epoch=0,  # bumped whenever the tensors change (_rebuild): programs kept elsewhere go stale
             # set_active list -> its (unmerged) program; programs read tensors at call time, so they stay
             # valid until the tensors themselves are swapped (.to(), quantize(), unwrap()).
             _programs={},
@@ -217,8 +224,13 @@ class SiteModule(SiteActivity, nn.Module):
 
     # ------------------------------------------------------------ forward
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The base module's forward with the active deltas (module docstring)."""
-        prog = self._prog
+        """The base module's forward with the active deltas (module docstring).
+
+        A mixed-task call's programs travel in its context (``CALL_PROGRAMS``),
+        so concurrent calls never see each other's; outside one, ``_prog``.
+        """
+        call = _call_programs()
+        prog = self._prog if call is None else call.get(self, self._prog)
         mode = prog.mode
         if mode is LORA_ONLY:
             if prog.fusable and len(args) == 1 and not kwargs and plain_linear(prog.base):

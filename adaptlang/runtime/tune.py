@@ -17,6 +17,11 @@ Copies belong to deltas, not tasks, like every other delta's parameters:
 two tasks that use the same ``tune`` delta see the same trained values (so
 ``frozen(head)`` in a second task reuses what the first task trained). Two
 different ``tune`` deltas on the same parameter each have their own copy.
+
+The slots are model state that every forward reads, so a copy in a slot is
+seen by every caller: a mixed-task call that needs other copies than the
+active task's runs alone (:mod:`adaptlang.runtime.mixed`,
+:mod:`adaptlang.runtime.concurrency`).
 """
 
 from __future__ import annotations
