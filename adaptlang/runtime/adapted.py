@@ -17,7 +17,6 @@ until no call runs (:mod:`adaptlang.runtime.concurrency`).
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -27,11 +26,11 @@ from adaptlang.errors import BundleError, Diagnostic, RuntimeApplyError, UsageEr
 from adaptlang.runtime.binding import bind_plan
 from adaptlang.runtime.concurrency import CallGate, changes_model
 from adaptlang.runtime.copying import attach_handle, deepcopy_handle, handle_of, shallow_copy_error
-from adaptlang.runtime.merging import check_keep, merge_refusal
+from adaptlang.runtime.adapted_merge import MergeMethods, tied_parameter_ids
 from adaptlang.runtime.mixed import run_mixed, run_plain
 from adaptlang.runtime.transaction import Patch, TaskConfig, check_not_adapted, patch_model
 
-__all__ = ["Adapted", "apply"]
+__all__ = ["Adapted", "apply", "tied_parameter_ids"]
 
 
 class TaskSwitch:
@@ -48,7 +47,7 @@ class TaskSwitch:
         self._adapted.use(self.previous)
 
 
-class Adapted:
+class Adapted(MergeMethods):
     """A model patched with a plan's deltas; one task active at a time.
 
     Build it with :func:`apply`. The active task is model state, shared by
@@ -221,100 +220,6 @@ class Adapted:
             for key, value in state_dict.items():
                 target[key].copy_(value.to(device=target[key].device, dtype=target[key].dtype))
 
-    # ---------------------------------------------------------------- merging
-    @changes_model("merge")
-    def merge(self, keep: str = "device") -> dict[str, Any]:
-        """Folds the active task's LoRA/DoRA, IA3 and sparse deltas into the base weights.
-
-        Formula: :mod:`adaptlang.runtime.merging` (DoRA as PEFT merges it). Sites
-        that cannot merge stay active, unmerged, and are reported, not an error
-        (a quantized base, only adapters, a tied weight, a ``tune`` copy, a base
-        weight that trains: :func:`~adaptlang.runtime.merging.merge_refusal`).
-        An unexpected error unmerges the sites already done, then propagates.
-
-        Args:
-            keep: ``"device"`` (default): keep the original of every base tensor a
-                merge changes, beside it, so :meth:`unmerge` and :meth:`remove`
-                restore it bit for bit in every dtype. Memory: one full copy of each
-                weight (and bias) a LoRA/DoRA/IA3 delta folds into, plus k entries
-                and positions per sparse-only target, until unmerged
-                (``report["kept_bytes"]``). ``"cpu"``: the same copies in host memory
-                (still exact; a device-to-host copy each way). ``"none"``: no copies;
-                unmerging inverts the arithmetic and is exact only **within
-                rounding** (sparse entries stay exact), and a factor with a zero
-                entry does not merge.
-
-        Returns:
-            ``{"merged": [site paths], "not_merged": {site path: reason}, "keep": keep,
-            "kept_bytes": int}``. While merged, the report of the merge in force
-            (merging twice is a no-op).
-
-        Raises:
-            RuntimeApplyError: An unknown ``keep`` (nothing changes), or removed.
-        """
-        self._check_live()
-        check_keep(keep)
-        if self._merged:
-            return copy.deepcopy(self._merge_report)
-        report: dict[str, Any] = {"merged": [], "not_merged": {}, "keep": keep, "kept_bytes": 0}
-        tied = tied_parameter_ids(self.model)
-        if self._patch.base_ties is not None:
-            # A tune copy in one slot of a tied tensor leaves the original alone in the other:
-            # folding into it would still change the base the other name comes back to.
-            tied |= set(self._patch.base_ties)
-        tuned = self._patch.tune.copy_ids()
-        try:
-            for path in self._patch.configs[self._active].active_paths:
-                site = self._patch.sites[path]
-                reason = merge_refusal(site, path in self._patch.quantized, tied, tuned)
-                if reason is None:
-                    try:
-                        site.merge(keep)
-                    except (RuntimeApplyError, NotImplementedError, ValueError) as exc:
-                        reason = str(exc).splitlines()[0]
-                if reason is not None:
-                    report["not_merged"][path] = reason
-                    continue
-                report["merged"].append(path)
-                report["kept_bytes"] += site.kept_bytes
-        except BaseException:
-            for path in reversed(report["merged"]):
-                self._patch.sites[path].unmerge()
-            raise
-        self._merged = True
-        self._merged_paths = list(report["merged"])
-        self._merge_report = report
-        return copy.deepcopy(report)
-
-    @changes_model("unmerge")
-    def unmerge(self) -> None:
-        """Undoes :meth:`merge`: the base weights come back bit for bit (``keep="none"``: within rounding).
-
-        Whatever the delta factors became meanwhile: merged sites run no LoRA
-        product, so their factors get no gradients while merged, and a factor
-        changed anyway (by hand, or weight decay) takes effect from here on,
-        not in what comes back. After ``model.to(...)`` while merged, the
-        originals come back cast from their merge-time dtype as ``.to()``
-        casts: exact for a device move or an up-cast; a down-cast rounds them
-        once (the new dtype cannot hold every original bit).
-
-        Raises:
-            RuntimeApplyError: A merged parameter was removed or reshaped meanwhile.
-        """
-        self._check_live()
-        if not self._merged:
-            return
-        for path in reversed(self._merged_paths):
-            self._patch.sites[path].unmerge()
-        self._merged = False
-        self._merged_paths = []
-        self._merge_report = {}
-
-    @property
-    def merged(self) -> bool:
-        """True between :meth:`merge` and :meth:`unmerge`."""
-        return self._merged
-
     # ----------------------------------------------------------------- other
     def memory_report(self) -> dict[str, Any]:
         """Returns base memory before/after quantization, per site and in total."""
@@ -343,6 +248,28 @@ class Adapted:
         if tasks is None:
             return run_plain(self, args, kwargs)
         return run_mixed(self, args, kwargs, tasks)
+
+    def generate(self, *args: Any, tasks: list[str | None] | None = None, **kwargs: Any) -> Any:
+        """``model.generate(...)``; with ``tasks``, each input row generates under its own task.
+
+        Rows keep their tasks through the whole decoding, KV cache, beams and
+        ``num_return_sequences`` included (each row's beams and sequences run
+        its task; :func:`~adaptlang.runtime.mixed.expansion`), and each row's
+        tokens equal that row generated alone under its task. Like
+        ``__call__``, safe beside other threads' calls.
+
+        Args:
+            *args, **kwargs: ``generate``'s arguments.
+            tasks: One task name per input row (None: the bare base model).
+
+        Raises:
+            UsageError, RuntimeApplyError: As ``__call__`` with ``tasks``.
+        """
+        if tasks is None:
+            with self._gate.forward():
+                self._check_live()
+                return self.model.generate(*args, **kwargs)
+        return run_mixed(self, args, kwargs, tasks, generate=True)
 
     @changes_model("remove")
     def remove(self) -> nn.Module:
@@ -392,15 +319,6 @@ class Adapted:
 
     def __repr__(self) -> str:
         return f"Adapted({type(self.model).__name__}, tasks={self.tasks}, active={self._active!r})"
-
-
-def tied_parameter_ids(model: nn.Module) -> set[int]:
-    """Returns ``id()`` of every parameter the model reaches at more than one path (tied weights)."""
-    seen: set[int] = set()
-    tied: set[int] = set()
-    for _, p in model.named_parameters(remove_duplicate=False):
-        (tied if id(p) in seen else seen).add(id(p))
-    return tied
 
 
 def activate_config(config: TaskConfig, patch: Patch) -> None:

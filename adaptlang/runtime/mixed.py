@@ -47,8 +47,10 @@ import torch
 
 from adaptlang.errors import Diagnostic, RuntimeApplyError, UsageError, did_you_mean
 from adaptlang.runtime.concurrency import CALL_PROGRAMS, call_programs
+from adaptlang.runtime.layers import first_input
+from adaptlang.runtime.program import FULL
 
-__all__ = ["MixedLayout", "check_tasks", "run_mixed", "run_plain"]
+__all__ = ["BatchDispatch", "MixedLayout", "check_tasks", "expansion", "run_mixed", "run_plain"]
 
 #: Layouts kept per adapted model (most recent ``tasks`` lists).
 _KEEP = 8
@@ -175,8 +177,8 @@ def _layout(adapted: Any, names: tuple[str | None, ...]) -> MixedLayout:
     return layout
 
 
-def run_mixed(adapted: Any, args: tuple, kwargs: dict, tasks: Any) -> Any:
-    """Calls the model with each batch row under its own task (module docstring).
+def run_mixed(adapted: Any, args: tuple, kwargs: dict, tasks: Any, *, generate: bool = False) -> Any:
+    """Calls the model (or its ``generate``) with each batch row under its own task (module docstring).
 
     Safe to call from several threads at once (and beside plain calls); a
     layout that swaps tune slots runs alone.
@@ -185,9 +187,10 @@ def run_mixed(adapted: Any, args: tuple, kwargs: dict, tasks: Any) -> Any:
         adapted: The :class:`~adaptlang.runtime.adapted.Adapted` handle.
         args, kwargs: The model call.
         tasks: One task name (or None) per batch row.
+        generate: Call ``model.generate`` instead of the forward (see :func:`expansion`).
 
     Returns:
-        The model's output.
+        The model's output (or ``generate``'s).
 
     Raises:
         UsageError: A malformed ``tasks`` list, or a call that must run alone made from
@@ -198,19 +201,61 @@ def run_mixed(adapted: Any, args: tuple, kwargs: dict, tasks: Any) -> Any:
     patch = adapted._patch
     names = check_tasks(tasks, patch.configs, batch_size(args, kwargs))
     layout = _layout(adapted, names)
+    wide = None
+    if generate:
+        k = expansion(adapted.model, kwargs)
+        wide = _layout(adapted, tuple(n for n in names for _ in range(k))) if k > 1 else None
+    call = adapted.model.generate if generate else adapted.model
     gate = adapted._gate
     with gate.forward():
         active = _checked_active(adapted)
         if not layout.swaps_tune(active):
-            return _run(adapted, layout, args, kwargs)
+            return _run(adapted, layout, wide, call, args, kwargs)
     # The layout's tune copies must sit in the parameter slots every forward reads: run alone.
     with gate.forward(exclusive=True):
         active = _checked_active(adapted)  # (the task may have changed between the two)
         try:
             patch.tune.activate(layout.tune)
-            return _run(adapted, layout, args, kwargs)
+            return _run(adapted, layout, wide, call, args, kwargs)
         finally:
             patch.tune.activate(active.tune)
+
+
+def expansion(model: Any, kwargs: dict) -> int:
+    """How many rows ``generate`` makes of each input row: ``max(num_beams, num_return_sequences)``.
+
+    That is how transformers' ``generate`` expands its inputs (each row
+    repeated in place, ``repeat_interleave``) before decoding; a model whose
+    ``generate`` expands differently meets a clear error from the per-row
+    programs (their batch size is checked on every call), never a silent mix.
+    """
+    config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    beams = kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1
+    sequences = kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1)) or 1
+    return max(int(beams), int(sequences))
+
+
+class BatchDispatch:
+    """One site's per-row programs for two batch sizes, chosen by the call's batch.
+
+    ``generate`` on an encoder-decoder model runs the encoder on the ``B``
+    input rows, then decodes ``B * k`` rows (beams, several sequences).
+    """
+
+    mode = FULL
+
+    def __init__(self, programs: dict[int, Any]):
+        self.programs = programs
+
+    def run(self, args: tuple, kwargs: dict, training: bool) -> Any:
+        """Runs the program laid out for this call's batch size (dim 0 of the main input)."""
+        batch = first_input(args, kwargs).shape[0]
+        prog = self.programs.get(batch)
+        if prog is None:
+            raise RuntimeApplyError(Diagnostic(
+                f"per-row tasks were laid out for {' or '.join(map(str, self.programs))} rows; this call has {batch}",
+                obj="tasks", hint="give one task per input row of generate()"))
+        return prog.run(args, kwargs, training)
 
 
 def run_plain(adapted: Any, args: tuple, kwargs: dict) -> Any:
@@ -234,7 +279,15 @@ def _checked_active(adapted: Any) -> Any:
     return adapted._patch.configs[adapted.active_task]
 
 
-def _run(adapted: Any, layout: MixedLayout, args: tuple, kwargs: dict) -> Any:
-    """Runs the model with the layout's programs and prompts in this call's context."""
-    with call_programs(layout.programs()), adapted._patch.prompts.call_scope(layout.prompt, layout.prompts):
-        return adapted.model(*args, **kwargs)
+def _run(adapted: Any, layout: MixedLayout, wide: MixedLayout | None, call: Any, args: tuple, kwargs: dict) -> Any:
+    """Runs ``call`` with the layout's programs and prompts in this call's context.
+
+    ``wide``: the layout of the rows ``generate`` expands to, when it does.
+    """
+    programs = layout.programs()
+    if wide is not None:
+        batch, big = len(layout.sites[0][1]) if layout.sites else 0, len(wide.sites[0][1]) if wide.sites else 0
+        expanded = wide.programs()
+        programs = {site: BatchDispatch({batch: prog, big: expanded[site]}) for site, prog in programs.items()}
+    with call_programs(programs), adapted._patch.prompts.call_scope(layout.prompt, layout.prompts):
+        return call(*args, **kwargs)

@@ -367,3 +367,41 @@ def test_cached_generate_equals_peft_prompt_tuning_without_cache(rt, family):
     assert torch.equal(ours.sequences, theirs.sequences)
     for a, b in zip(ours.logits, theirs.logits):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "t5"])
+@pytest.mark.parametrize("beams", [1, 2])
+def test_generate_with_a_task_per_row_equals_each_row_alone(rt, family, beams):
+    """``adapted.generate(..., tasks=[...])``: rows with different prompts (and a LoRA) through generate().
+
+    Reference: each row generated alone, batch of one, after ``use(task)``.
+    """
+    model = {"llama": rt.tiny_llama, "gpt2": rt.tiny_gpt2, "t5": rt.tiny_t5}[family]()
+    target = {"llama": "layers[*].self_attn.q_proj", "gpt2": "h[*].attn.c_attn", "t5": "block[*].layer[0].SelfAttention.q"}
+    sharpen(model)
+    adapted = adaptlang.apply(model, MIXED.replace("layers[*].self_attn.q_proj", target[family]), task="c")
+    with torch.no_grad():
+        for name in ("short", "long"):
+            for p in adapted.delta_parameters(name).values():
+                p.mul_(3.0)
+        for p in adapted.delta_parameters("l").values():
+            p.normal_(0, 0.3)
+    tasks = ["a", "b", None, "c"]
+    ids = torch.tensor([[0, 0, 5, 6, 7], [9, 10, 11, 12, 13], [0, 3, 4, 5, 6], [7, 8, 9, 10, 11]])
+    mask = (ids != 0).long()
+    kw = dict(max_new_tokens=4, do_sample=False, num_beams=beams, pad_token_id=0, output_scores=True,
+              return_dict_in_generate=True)
+    mixed = adapted.generate(input_ids=ids, attention_mask=mask, tasks=tasks, **kw)
+    assert adapted.active_task == "c"
+    for row, task in enumerate(tasks):
+        one = dict(input_ids=ids[row:row + 1], attention_mask=mask[row:row + 1], **kw)
+        if task is None:
+            alone = adapted.generate(tasks=[None], **one)
+        else:
+            with adapted.use(task):
+                alone = adapted.generate(**one)
+        got = mixed.sequences[row]
+        want = alone.sequences[0]
+        assert torch.equal(got[: want.shape[0]], want), f"row {row} ({task})"
+        if beams > 1:
+            torch.testing.assert_close(mixed.sequences_scores[row], alone.sequences_scores[0], atol=1e-5, rtol=0)
