@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
-import math
 from typing import Any, Iterator
 
 import torch
@@ -37,8 +36,9 @@ from torch import nn
 
 from adaptlang.errors import Diagnostic, RuntimeApplyError
 from adaptlang.runtime.binding import resolve_module
+from adaptlang.runtime.prompt_parts import PromptPart, init_prompt
 from adaptlang.runtime.prompt_calls import (
-    MARKS, Layout, cache_length, continue_step, expand_rows, find_cache, prepend,
+    MARKS, CacheState, Layout, align_last_token, cache_length, continue_step, expand_rows, find_cache, prepend,
 )
 from adaptlang.runtime.prompt_rows import build_layout, prompt_block, takes_position_ids
 
@@ -46,79 +46,6 @@ __all__ = ["PROMPT_ATTR", "PromptPart", "PromptController"]
 
 #: Attribute on the root model that holds every prompt delta's vectors.
 PROMPT_ATTR = "adaptlang_prompts"
-
-
-class PromptPart(nn.Module):
-    """One prompt delta's virtual token vectors.
-
-    Args:
-        tokens: Number of virtual tokens N.
-        dim: Embedding width D.
-        device: Where the vectors live (the embedding's device).
-    """
-
-    def __init__(self, tokens: int, dim: int, device: torch.device | str = "cpu"):
-        super().__init__()
-        # Kept in fp32 as PEFT does; cast to the embeddings' dtype per call.
-        self.weight = nn.Parameter(torch.zeros(tokens, dim, device=device, dtype=torch.float32))  # (N, D)
-
-    @property
-    def tokens(self) -> int:
-        """Number of virtual tokens."""
-        return self.weight.shape[0]
-
-    def adapter_params(self) -> dict[str, nn.Parameter]:
-        """Returns the trainable parameters by local name (``weight``: (N, D))."""
-        return {"weight": self.weight}
-
-    def expand(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
-        """Returns the prompt for a batch: (B, N, D) in ``dtype``."""
-        return self.weight.to(dtype).unsqueeze(0).expand(batch, -1, -1)
-
-
-def pick_init_ids(token_ids: list[int], tokens: int) -> list[int]:
-    """Repeats or truncates token ids to exactly ``tokens`` (PEFT's TEXT init rule)."""
-    if not token_ids:
-        raise ValueError("the init text tokenises to no tokens")
-    reps = math.ceil(tokens / len(token_ids))
-    return (list(token_ids) * reps)[:tokens]
-
-
-def init_prompt(part: PromptPart, site: dict[str, Any], embed: nn.Module, gen: torch.Generator,
-                tokenizer: Any, delta: str) -> None:
-    """Fills a prompt's vectors as the plan says (``text``, ``vocab`` or ``random``).
-
-    Args:
-        part: The prompt to fill.
-        site: The plan site (``tokens``, ``init``, ``text``).
-        embed: The original input embedding module (no wrappers).
-        gen: Seeded generator for ``vocab`` and ``random``.
-        tokenizer: Needed for ``text``; called as ``tokenizer(text)["input_ids"]``.
-        delta: The delta's name, for errors.
-
-    Raises:
-        RuntimeApplyError: ``text`` init without a tokenizer.
-    """
-    n = part.tokens
-    kind = site.get("init", "random")
-    with torch.no_grad():
-        if kind == "random":
-            # nn.Embedding's default (what PEFT's RANDOM init gives): N(0, 1).
-            values = torch.randn(part.weight.shape, generator=gen, dtype=torch.float32)  # (N, D)
-        else:
-            if kind == "text":
-                if tokenizer is None:
-                    raise RuntimeApplyError(Diagnostic(
-                        f"prompt '{delta}' is initialised from text and needs a tokenizer",
-                        obj=delta, hint="pass it: adaptlang.apply(model, spec, tokenizer=tok)"))
-                ids = pick_init_ids(list(tokenizer(site["text"])["input_ids"]), n)
-                ids_t = torch.tensor(ids, dtype=torch.long)
-            else:  # vocab: random rows of the vocabulary
-                vocab = embed.weight.shape[0]
-                ids_t = torch.randint(0, vocab, (n,), generator=gen)
-            device = embed.weight.device
-            values = embed(ids_t.to(device)).detach().to(torch.float32)  # (N, D)
-        part.weight.copy_(values.to(part.weight.device))
 
 
 #: The prompt choice of the calls made in the current context (see :meth:`PromptController.call_scope`):
@@ -152,6 +79,11 @@ class PromptController:
         self._arg_names: dict[int, list[str]] = {}
         self._encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
         self._explicit_positions = not self._encoder_decoder and takes_position_ids(model)
+        self._max_positions = absolute_position_limit(getattr(model, "config", None))
+        # Decoder-only classifiers pool the last non-pad token of input_ids (see align_last_token).
+        pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+        self._pool_pad = (pad if self._explicit_positions and isinstance(pad, int)
+                          and type(model).__name__.endswith("ForSequenceClassification") else None)
 
     def add(self, delta: str, site: dict[str, Any], gen: torch.Generator, tokenizer: Any = None) -> PromptPart:
         """Creates, initialises and registers one prompt delta.
@@ -252,6 +184,15 @@ class PromptController:
         self.embed_paths.clear()
         self.active = None
 
+    def _check_length(self, layout: Layout, length: int) -> None:
+        """Refuses a prompt plus ``length`` inputs that a model with absolute positions cannot embed."""
+        limit = self._max_positions
+        if limit is not None and layout.width + length > limit:
+            raise RuntimeApplyError(Diagnostic(
+                f"the prompt's {layout.width} tokens and {length} input positions make {layout.width + length}; "
+                f"{type(self.model).__name__} embeds at most {limit} positions", obj=_first(layout.names),
+                hint=f"keep inputs to {limit - layout.width} positions (or use fewer prompt tokens)"))
+
     # ---------------------------------------------------------------- hooks
     def _keywords(self, module: nn.Module, args: tuple, kwargs: dict) -> dict:
         """Returns the call as keywords only."""
@@ -289,15 +230,20 @@ class PromptController:
             return self._decoding_step(kwargs, cache, past, marked, names, main)
         if names is None:
             return None
+        input_ids = kwargs.get("input_ids")
         embeds = self._inputs(kwargs)
         layout = self._layout(names)
+        self._check_length(layout, embeds.shape[1])
+        state = CacheState.after_first_call(layout, kwargs.get("position_ids"), embeds.shape[1])
         prepend(kwargs, embeds, prompt_block(self.parts, layout, embeds.dtype, embeds.device), layout, labels=True)
+        if self._pool_pad is not None and isinstance(input_ids, torch.Tensor) and cache is None:
+            align_last_token(kwargs, input_ids, self._pool_pad)
         if cache is not None:
-            MARKS.put(cache, layout)
-        _RUNNING.set(layout)
+            MARKS.put(cache, state)
+        _RUNNING.set(state)
         return (), kwargs
 
-    def _decoding_step(self, kwargs: dict, cache: Any, past: int, marked: Layout | None,
+    def _decoding_step(self, kwargs: dict, cache: Any, past: int, marked: CacheState | None,
                        names: tuple[str | None, ...] | None, main: torch.Tensor) -> tuple[tuple, dict] | None:
         """A call whose cache already holds positions: line it up with the prompt the cache holds."""
         batch = main.shape[0]
@@ -307,26 +253,27 @@ class PromptController:
             raise RuntimeApplyError(Diagnostic(
                 f"the KV cache holds {past} positions computed without prompt '{_first(names)}'",
                 obj=_first(names), hint="start the sequence with the prompt active (pass no cache, or an empty one)"))
-        held = marked.for_batch(batch).names
+        held = marked.layout.for_batch(batch).names
         if names != held:
             now = "no prompt" if names is None else f"prompt '{_first(names)}'"
             raise RuntimeApplyError(Diagnostic(
                 f"the KV cache holds prompt '{_first(held)}'; the call now runs {now}", obj=_first(held),
                 hint="finish the sequence under the task it started with, or start again without the cache"))
         length = main.shape[1]
+        self._check_length(marked.layout, past - marked.layout.width + length)
         continue_step(kwargs, marked, past, batch, length, main.device)
         return (), kwargs
 
     def _after_root(self, module: nn.Module, args: tuple, output: Any) -> None:
         """Root forward hook: marks a cache the model made during a prompted call (``use_cache`` without one)."""
-        layout = _RUNNING.get()
-        if layout is None:
+        state = _RUNNING.get()
+        if state is None:
             return
         _RUNNING.set(None)
         values = output.values() if isinstance(output, dict) else output if isinstance(output, tuple) else ()
         for value in values:
             if value is not None and callable(getattr(value, "get_seq_length", None)) and MARKS.get(value) is None:
-                MARKS.put(value, layout)
+                MARKS.put(value, state)
 
     def _extend_cross_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Encoder-decoder root: the decoder's cross-attention mask must cover the encoder's prompt too."""
@@ -382,6 +329,7 @@ class PromptController:
             return None
         embeds = self._inputs(kwargs)
         layout = self._layout(names)
+        self._check_length(layout, embeds.shape[1])
         prepend(kwargs, embeds, prompt_block(self.parts, layout, embeds.dtype, embeds.device), layout, labels=False)
         _RUNNING.set(layout)
         return (), kwargs
@@ -395,6 +343,19 @@ class PromptController:
             hidden = output[0] if isinstance(output, (tuple, dict)) else output
             if isinstance(hidden, torch.Tensor):
                 MARKS.put(hidden, layout)
+
+
+def absolute_position_limit(config: Any) -> int | None:
+    """The most positions a model with learned absolute position embeddings takes (GPT-2, BERT), else None.
+
+    Rotary and relative positions (Llama, T5) have no hard limit, so None.
+    """
+    if config is None:
+        return None
+    limit = getattr(config, "n_positions", None)
+    if limit is None and getattr(config, "position_embedding_type", None) == "absolute":
+        limit = getattr(config, "max_position_embeddings", None)
+    return int(limit) if isinstance(limit, int) else None
 
 
 def _main_input(kwargs: dict) -> torch.Tensor | None:

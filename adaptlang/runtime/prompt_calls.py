@@ -24,6 +24,13 @@ front when it covers ``past - P + L`` positions, positions move by ``n_r``,
 cache computes over the whole sequence, so ``generate()`` gives the same
 tokens and logits with and without a cache (greedy, beams, left padding).
 
+A step must follow on from what the cache holds: its mask covers the
+caller's positions only, and its positions start where the cached inputs
+end (:class:`CacheState`). ``generate()`` handed a cache from an earlier
+``generate()`` call fails that check (it counts the prompt's positions as
+its own tokens, so it would skip or repeat input tokens) and is refused;
+rolling a cache back (assisted decoding) passes.
+
 Which cache holds which prompt is recorded against the cache object itself
 (:data:`MARKS`), found among the call's arguments by what it is (an object
 with ``get_seq_length``), not by a keyword name, which transformers has
@@ -100,6 +107,29 @@ class Layout:
         """Returns the prompt positions, right-aligned per row: (B, P) long (padding clamps to 0)."""
         shift = self.counts.to(device).unsqueeze(1)  # (B, 1)
         return (torch.arange(self.width, device=device).unsqueeze(0) - (self.width - shift)).clamp_(min=0)
+
+
+@dataclass
+class CacheState:
+    """What a KV cache filled by a prompted call holds, for the decoding steps that go on from it.
+
+    Attributes:
+        layout: The prompt layout in the cache's first ``P`` positions.
+        offsets: (B,) long or None: per row, the caller's position of its next token minus the caller's
+            positions in the cache (``-pads`` with generate()'s ``cumsum(mask) - 1`` positions); None when
+            the first call passed no ``position_ids`` (nothing to check against).
+    """
+
+    layout: Layout
+    offsets: torch.Tensor | None = None
+
+    @staticmethod
+    def after_first_call(layout: Layout, position_ids: Any, length: int) -> "CacheState":
+        """The state after a first call of ``length`` inputs with the caller's ``position_ids`` (or None)."""
+        if not isinstance(position_ids, torch.Tensor) or position_ids.dim() > 2:
+            return CacheState(layout)
+        pos = _batched_positions(position_ids, len(layout.names))
+        return CacheState(layout, (pos[:, -1] + 1 - length).to("cpu", torch.long))  # (B,)
 
 
 class Marks:
@@ -235,43 +265,78 @@ def prepend(kwargs: dict[str, Any], embeds: torch.Tensor, prompt: torch.Tensor, 
         kwargs["labels"] = torch.cat([target.new_full((batch, width), -100), target], dim=1)  # (B, P+L)
 
 
-def continue_step(kwargs: dict[str, Any], layout: Layout, past: int, batch: int, length: int,
+def _check_follows(state: CacheState, pos: torch.Tensor, seen: int, batch: int, width: int) -> None:
+    """Refuses a step whose first positions do not follow the ``seen`` caller positions the cache holds.
+
+    Why: ``generate()`` given a cache from an earlier call counts the cache's
+    prompt positions as its own tokens, so it feeds the wrong slice of the
+    input (skipping tokens, or feeding cached ones again); its positions then
+    start ``P`` too late, or at 0. Rolling the cache back (assisted decoding
+    crops it) moves positions and cache together and passes.
+    """
+    if state.offsets is None or pos.dim() != 2 or pos.shape[-1] == 0:
+        return
+    offsets = state.offsets
+    if offsets.shape[0] != batch:
+        if batch % offsets.shape[0]:
+            return
+        offsets = offsets.repeat_interleave(batch // offsets.shape[0])
+    expected = seen + offsets.to(pos.device)  # (B,)
+    if not torch.equal(pos[:, 0].to(expected.dtype), expected):
+        raise RuntimeApplyError(Diagnostic(
+            f"this call's positions start at {pos[:, 0].tolist()}, but the KV cache holds a {width}-token prompt "
+            f"and inputs up to position {(expected - 1).tolist()}: the call does not follow on from the cache",
+            obj="prompt",
+            hint="generate() cannot go on from a cache that an earlier generate() call filled with a prompt "
+                 "(it counts the prompt's positions as input tokens): pass the whole sequence without the cache"))
+
+
+def continue_step(kwargs: dict[str, Any], state: CacheState, past: int, batch: int, length: int,
                   device: torch.device) -> None:
     """Lines a decoding step's extras up with a cache that holds the prompt (module docstring), in place.
 
     Args:
         kwargs: The call's keyword arguments.
-        layout: The layout the cache was filled with.
+        state: What the cache holds (:class:`CacheState`).
         past: Positions the cache holds (the prompt's ``P`` included).
         batch, length: Rows and new positions of this call.
         device: Where the new tensors go.
 
     Raises:
-        RuntimeApplyError: A cache that holds fewer positions than its prompt, or a mask that fits neither view.
+        RuntimeApplyError: A cache that holds fewer positions than its prompt, or a mask or
+            positions that do not follow on from the inputs the cache holds.
     """
-    layout = layout.for_batch(batch)
+    layout = state.layout.for_batch(batch)
     width = layout.width
     seen = past - width  # positions of the caller's own sequence already in the cache
     if seen < 0:
         raise RuntimeApplyError(Diagnostic(
-            f"the KV cache holds {past} positions, fewer than its {width}-token prompt (was it cropped?)",
-            obj="prompt", hint="start the sequence again without the cache"))
+            f"the KV cache holds {past} positions, fewer than its {width}-token prompt: it was cropped by a "
+            "count that leaves the prompt out", obj="prompt",
+            hint="start the sequence again without the cache; for assisted generation, give the assistant "
+                 "model no prompt delta (its cache is cropped by the caller's count of tokens)"))
     mask = kwargs.get("attention_mask")
     if mask is not None:
         _check_mask(mask)
-        if mask.shape[-1] == seen + length:
-            kwargs["attention_mask"] = torch.cat([layout.mask.to(mask), mask], dim=1)  # (B, past+L)
-        elif mask.shape[-1] != past + length:
+        if mask.shape[-1] != seen + length:
+            # Only the caller's own positions count: a mask over the whole cache (past + L) is what
+            # generate() passes when it reuses a cache from an earlier call, having taken the prompt's
+            # positions for its own and so skipped (or repeated) input tokens. Refused, never guessed.
             raise RuntimeApplyError(Diagnostic(
-                f"attention_mask covers {mask.shape[-1]} positions; the cache holds {past} (a {width}-token "
-                f"prompt and {seen} inputs) and the call adds {length}", obj="attention_mask",
-                hint=f"pass a mask over the inputs so far ({seen + length}) or over the whole cache ({past + length})"))
+                f"attention_mask covers {mask.shape[-1]} positions; the KV cache holds a {width}-token prompt "
+                f"and {seen} inputs, and the call adds {length}", obj="attention_mask",
+                hint=f"pass a mask over the inputs only ({seen + length}); generate() cannot go on from a cache "
+                     "an earlier generate() call filled with a prompt: pass the whole sequence without the cache",
+                notes=("transformers counts the cache's prompt positions as the caller's tokens when it reuses a "
+                       "cache, so it would feed the wrong input tokens",)))
+        kwargs["attention_mask"] = torch.cat([layout.mask.to(mask), mask], dim=1)  # (B, past+L)
     elif layout.padded:
         kwargs["attention_mask"] = torch.cat(
             [layout.mask.to(device), torch.ones(batch, seen + length, dtype=torch.long, device=device)], dim=1)
     pos = kwargs.get("position_ids")
     if isinstance(pos, torch.Tensor):
         pos = _batched_positions(pos, batch)
+        _check_follows(state, pos, seen, batch, width)
         kwargs["position_ids"] = pos + layout.counts.to(pos).unsqueeze(1)  # (B, L)
     elif layout.explicit and layout.padded:
         kwargs["position_ids"] = layout.positions(seen, length, device)  # (B, L)
@@ -282,3 +347,41 @@ def continue_step(kwargs: dict[str, Any], layout: Layout, past: int, batch: int,
     types = kwargs.get("token_type_ids")
     if isinstance(types, torch.Tensor) and types.shape[-1] == seen + length:
         kwargs["token_type_ids"] = torch.cat([types.new_zeros(batch, width), types], dim=-1)
+
+
+def align_last_token(kwargs: dict[str, Any], input_ids: torch.Tensor, pad_id: int) -> None:
+    """Rolls right-padded rows so that each row's last non-pad token ends the row, in place.
+
+    Why: a decoder-only ``*ForSequenceClassification`` model pools the
+    rightmost token of ``input_ids`` that is not ``pad_token_id``; once the
+    prompt hook has turned ``input_ids`` into ``inputs_embeds`` it can only
+    pool the last position, a pad on a right-padded row. Rolling the trailing
+    pads to the front (masked out, positions carried along) puts the token
+    HF would pool at the last position and changes nothing else a row computes.
+
+    Args:
+        kwargs: The rewritten call (``inputs_embeds`` (B, P+L, D) with the prompt in front).
+        input_ids: The call's ids (B, L).
+        pad_id: The model's ``pad_token_id``.
+    """
+    embeds = kwargs["inputs_embeds"]
+    batch, total, dim = embeds.shape
+    device = embeds.device
+    width = total - input_ids.shape[1]
+    index = torch.arange(input_ids.shape[1], device=device)
+    last = (index * (input_ids != pad_id)).argmax(-1) + width  # (B,): HF's pooled position, in the full row
+    shift = total - 1 - last  # (B,)
+    if not bool(shift.any()):
+        return
+    columns = torch.arange(total, device=device).unsqueeze(0)  # (1, T)
+    source = (columns - shift.unsqueeze(1)) % total  # (B, T): rolled[:, t] = row[:, source[:, t]]
+    kwargs["inputs_embeds"] = embeds.gather(1, source.unsqueeze(-1).expand(-1, -1, dim))  # (B, T, D)
+    mask = kwargs.get("attention_mask")
+    mask = torch.ones(batch, total, dtype=torch.long, device=device) if mask is None else mask
+    kwargs["attention_mask"] = mask.gather(1, source).masked_fill(columns < shift.unsqueeze(1), 0)  # (B, T)
+    pos = kwargs.get("position_ids")
+    pos = columns.expand(batch, -1) if pos is None else _batched_positions(pos, batch)
+    kwargs["position_ids"] = pos.gather(1, source)  # (B, T): every token keeps its position
+    types = kwargs.get("token_type_ids")
+    if isinstance(types, torch.Tensor) and types.shape[-1] == total:
+        kwargs["token_type_ids"] = types.gather(1, source)

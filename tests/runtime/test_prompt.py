@@ -180,3 +180,50 @@ def test_remove_takes_hook_and_prompt_module_off(rt):
     adapted.remove()
     assert not hasattr(model, "adaptlang_prompts")
     rt.assert_same_state(model, before)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_sequence_classification_pools_the_last_real_token_with_right_padding(rt, family):
+    """Decoder-only classifiers pool the rightmost non-pad token of ``input_ids``; a prompt must not move it.
+
+    Reference: the prompt put in front by hand, the base model's hidden
+    states, and the score head at each row's last real token (what HF pools
+    for ``input_ids``). PEFT 0.21.2 pools the last position instead, a pad
+    on right-padded rows (its logits differ there).
+    """
+    from transformers import (GPT2Config, GPT2ForSequenceClassification, LlamaConfig,
+                              LlamaForSequenceClassification)
+
+    torch.manual_seed(0)
+    if family == "llama":
+        model = LlamaForSequenceClassification(LlamaConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, pad_token_id=0, num_labels=3)).eval()
+    else:
+        model = GPT2ForSequenceClassification(GPT2Config(
+            vocab_size=64, n_embd=32, n_layer=2, n_head=4, pad_token_id=0, num_labels=3, resid_pdrop=0.0,
+            embd_pdrop=0.0, attn_pdrop=0.0)).eval()
+    reference = copy.deepcopy(model)
+    adapted = adaptlang.apply(model, PROMPT.format(n=3, init="random"))
+    (prompt,) = adapted.delta_parameters("p").values()
+    ids = torch.tensor([[5, 6, 7, 0, 0], [9, 10, 11, 12, 13], [0, 0, 4, 5, 6]])  # right, none, left
+    mask = (ids != 0).long()
+    labels = torch.tensor([0, 2, 1])
+    ours = adapted(input_ids=ids, attention_mask=mask, labels=labels)
+    with torch.no_grad():
+        embeds = torch.cat([prompt.expand(3, -1, -1), reference.get_input_embeddings()(ids)], 1)
+        full = torch.cat([torch.ones(3, 3, dtype=torch.long), mask], 1)
+        body = getattr(reference, reference.base_model_prefix)  # default positions, as the call passes none
+        hidden = body(inputs_embeds=embeds, attention_mask=full).last_hidden_state
+        last = torch.tensor([3 + 2, 3 + 4, 3 + 4])
+        want = reference.score(hidden)[torch.arange(3), last]
+    torch.testing.assert_close(ours.logits, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.loss, torch.nn.functional.cross_entropy(want, labels), atol=1e-5, rtol=0)
+
+
+def test_prompt_and_input_past_the_position_table_is_refused_clearly(rt):
+    model = rt.tiny_gpt2()  # n_positions 64
+    adapted = adaptlang.apply(model, PROMPT.format(n=60, init="random"))
+    assert adapted(input_ids=torch.ones(1, 4, dtype=torch.long)).logits.shape == (1, 64, 64)
+    with pytest.raises(RuntimeApplyError, match="embeds at most 64 positions"):
+        adapted(input_ids=torch.ones(1, 5, dtype=torch.long))

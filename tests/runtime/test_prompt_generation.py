@@ -405,3 +405,39 @@ def test_generate_with_a_task_per_row_equals_each_row_alone(rt, family, beams):
         assert torch.equal(got[: want.shape[0]], want), f"row {row} ({task})"
         if beams > 1:
             torch.testing.assert_close(mixed.sequences_scores[row], alone.sequences_scores[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("extra", [[20, 21], [20, 21, 22, 23]])
+def test_generate_refuses_to_go_on_from_an_earlier_generate_cache(rt, family, extra):
+    """Multi-turn reuse (``generate(seq, cache=previous.past_key_values)``) cannot be right with a prompt.
+
+    transformers slices the new input by ``cache.get_seq_length()``, which
+    counts the prompt's positions, so it would skip or repeat input tokens
+    (the logits were off by up to 3.9 before this was refused).
+    """
+    model = decoder_models(rt)[family]()
+    adaptlang.apply(model, PROMPT.format(n=3))
+    greedy = dict(GREEDY, max_new_tokens=2)
+    first = model.generate(input_ids=IDS[1:], **greedy)
+    seq = torch.cat([first.sequences, torch.tensor([extra])], 1)
+    with pytest.raises(RuntimeApplyError, match="does not follow on from the cache"):
+        model.generate(input_ids=seq, **{cache_keyword(model): first.past_key_values}, **greedy)
+    again = model.generate(input_ids=seq, **greedy)  # the whole sequence, no cache: fine
+    assert again.sequences.shape == (1, seq.shape[1] + 2)
+
+
+def test_assisted_generation_with_a_prompted_main_model_equals_greedy(rt):
+    model = rt.tiny_llama()
+    sharpen(model)
+    assistant = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in assistant.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    adaptlang.apply(model, PROMPT.format(n=3))
+    kw = dict(input_ids=IDS[1:], max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(**kw), model.generate(**kw, assistant_model=assistant))
+    # A prompted assistant: its cache is cropped by a count that leaves its prompt out: refused, with a hint.
+    adaptlang.apply(assistant, PROMPT.format(n=5))
+    with pytest.raises(RuntimeApplyError, match="give the assistant model no prompt delta"):
+        model.generate(**kw, assistant_model=assistant)
