@@ -24,39 +24,9 @@ import torch
 import adaptlang
 from adaptlang.errors import RuntimeApplyError
 
-PROMPT = "adaptlang 1\nprompt p {{\n    tokens {n}\n    init   random\n}}\n"
-IDS = torch.tensor([[0, 0, 5, 6, 7], [9, 10, 11, 12, 13]])
-MASK = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-GREEDY = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
-
-
-def tiny_mistral(seed: int = 0):
-    from transformers import MistralConfig, MistralForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return MistralForCausalLM(cfg).eval()
-
-
-def tiny_qwen2(seed: int = 0):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return Qwen2ForCausalLM(cfg).eval()
-
-
-def decoder_models(rt):
-    return {"llama": rt.tiny_llama, "mistral": tiny_mistral, "qwen2": tiny_qwen2, "gpt2": rt.tiny_gpt2}
-
-
-def sharpen(model, seed: int = 3) -> None:
-    """Scales the output head up so greedy choices are decided by clear margins, not by rounding."""
-    with torch.no_grad():
-        head = model.get_output_embeddings()
-        head.weight.mul_(8.0)
+from tests.runtime.prompt_support import (
+    GREEDY, IDS, MASK, PROMPT, cache_keyword, decoder_models, sharpen,
+)
 
 
 def hand_greedy(model, prompt: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, steps: int):
@@ -195,77 +165,6 @@ def test_a_cache_filled_without_the_prompt_is_refused(rt):
     torch.testing.assert_close(step.logits[:, -1], whole.logits[:, -1], atol=1e-5, rtol=0)
 
 
-MIXED = """adaptlang 1
-prompt short { tokens 3; init random }
-prompt long  { tokens 5; init random }
-lora l { on layers[*].self_attn.q_proj; rank 2 }
-task a = short + l
-task b = long
-task c = l
-"""
-
-
-def cache_keyword(model) -> str:
-    """The name this transformers release gives the KV cache argument (it was renamed)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def greedy_steps(call, ids, mask, steps, key=None):
-    """Greedy decoding through ``call``: with a cache (``key`` names it) or recomputing every step."""
-    cache = None
-    tokens, logits = ids, []
-    step_ids = ids
-    for _ in range(steps):
-        kwargs = {"input_ids": step_ids if key else tokens, "attention_mask": mask}
-        if key:
-            kwargs.update({key: cache, "use_cache": True})
-        out = call(**kwargs)
-        cache = out.past_key_values if key else None
-        last = out.logits[:, -1]
-        logits.append(last)
-        step_ids = last.argmax(-1, keepdim=True)
-        tokens = torch.cat([tokens, step_ids], 1)
-        mask = torch.cat([mask, torch.ones_like(step_ids)], 1)
-    return tokens, logits
-
-
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_mixed_rows_with_different_prompts_decode_with_a_cache(rt, family):
-    model = {"llama": rt.tiny_llama, "gpt2": rt.tiny_gpt2}[family]()
-    spec = MIXED if family == "llama" else MIXED.replace("layers[*].self_attn.q_proj", "h[*].attn.c_attn")
-    sharpen(model)
-    adapted = adaptlang.apply(model, spec, task="c")
-    with torch.no_grad():
-        for name in ("short", "long"):
-            for p in adapted.delta_parameters(name).values():
-                p.mul_(3.0)
-        for p in adapted.delta_parameters("l").values():
-            p.normal_(0, 0.3)
-    tasks = ["a", "b", None, "c"]
-    ids = torch.tensor([[0, 0, 5, 6, 7], [9, 10, 11, 12, 13], [0, 3, 4, 5, 6], [7, 8, 9, 10, 11]])
-    mask = (ids != 0).long()
-    key = cache_keyword(model)
-    with torch.no_grad():
-        cached = greedy_steps(lambda **kw: adapted(**kw, tasks=tasks), ids, mask, 4, key)
-        plain = greedy_steps(lambda **kw: adapted(**kw, tasks=tasks), ids, mask, 4)
-    assert torch.equal(cached[0], plain[0])
-    for x, y in zip(cached[1], plain[1]):
-        torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
-    for row, task in enumerate(tasks):  # each row as it decodes alone under its task
-        with torch.no_grad():
-            if task is None:
-                adapted.use("c")
-                alone = greedy_steps(lambda **kw: adapted(**kw, tasks=[None]), ids[row:row + 1], mask[row:row + 1], 4, key)
-            else:
-                adapted.use(task)
-                alone = greedy_steps(adapted, ids[row:row + 1], mask[row:row + 1], 4, key)
-        assert torch.equal(alone[0][0], cached[0][row]), f"row {row} ({task})"
-        for x, y in zip(alone[1], cached[1]):
-            torch.testing.assert_close(x[0], y[row], atol=1e-5, rtol=0)
-
-
 def test_sampling_several_sequences_with_cache_equals_without(rt):
     model = rt.tiny_llama()
     adaptlang.apply(model, PROMPT.format(n=3))
@@ -284,60 +183,6 @@ def test_a_static_cache_is_refused_with_a_hint(rt):
     with pytest.raises(RuntimeApplyError, match="use the default dynamic cache"):
         model.generate(input_ids=IDS, attention_mask=MASK, max_new_tokens=2, do_sample=False, pad_token_id=0,
                        cache_implementation="static")
-
-
-T5_MIXED = """adaptlang 1
-prompt short { tokens 2; init random }
-prompt long  { tokens 4; init random }
-task a = short
-task b = long
-"""
-
-
-def test_t5_mixed_rows_with_different_prompts_decode_like_each_row_alone(rt):
-    model = rt.tiny_t5()
-    sharpen(model)
-    adapted = adaptlang.apply(model, T5_MIXED, task="a")
-    with torch.no_grad():
-        for name in ("short", "long"):
-            for p in adapted.delta_parameters(name).values():
-                p.mul_(3.0)
-    tasks = ["a", "b", None]
-    ids = torch.tensor([[0, 0, 5, 6, 7], [9, 10, 11, 12, 13], [0, 3, 4, 5, 6]])
-    mask = (ids != 0).long()
-    start = model.config.decoder_start_token_id
-
-    def decode(call, ids, mask, steps, cached):
-        dec = torch.full((ids.shape[0], 1), start)
-        out = call(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=cached)
-        logits = [out.logits[:, -1]]
-        encoded = (out.encoder_last_hidden_state,)  # a tuple of our own: found through its tensor
-        for _ in range(steps - 1):
-            nxt = logits[-1].argmax(-1, keepdim=True)
-            dec = torch.cat([dec, nxt], 1)
-            if cached:
-                out = call(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=nxt,
-                           past_key_values=out.past_key_values, use_cache=True)
-            else:
-                out = call(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False)
-            logits.append(out.logits[:, -1])
-        return torch.cat([dec, logits[-1].argmax(-1, keepdim=True)], 1), logits
-
-    with torch.no_grad():
-        cached = decode(lambda **kw: adapted(**kw, tasks=tasks), ids, mask, 4, True)
-        plain = decode(lambda **kw: adapted(**kw, tasks=tasks), ids, mask, 4, False)
-        assert torch.equal(cached[0], plain[0])
-        for x, y in zip(cached[1], plain[1]):
-            torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
-        for row, task in enumerate(tasks):
-            alone = decode(lambda **kw: adapted(**kw, tasks=[task]), ids[row:row + 1], mask[row:row + 1], 4, True)
-            assert torch.equal(alone[0][0], cached[0][row]), f"row {row} ({task})"
-            for x, y in zip(alone[1], cached[1]):
-                torch.testing.assert_close(x[0], y[row], atol=1e-5, rtol=1e-6)  # logits ~50 (sharpened)
-        # An encoder output the prompt did not make, with a mask that does not fit it: refused, not guessed.
-        with pytest.raises(RuntimeApplyError, match="not one the encoder computed with a prompt"):
-            adapted(encoder_outputs=(torch.zeros(3, 9, 32),), attention_mask=mask,
-                    decoder_input_ids=torch.zeros(3, 1, dtype=torch.long))
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -367,44 +212,6 @@ def test_cached_generate_equals_peft_prompt_tuning_without_cache(rt, family):
     assert torch.equal(ours.sequences, theirs.sequences)
     for a, b in zip(ours.logits, theirs.logits):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("family", ["llama", "gpt2", "t5"])
-@pytest.mark.parametrize("beams", [1, 2])
-def test_generate_with_a_task_per_row_equals_each_row_alone(rt, family, beams):
-    """``adapted.generate(..., tasks=[...])``: rows with different prompts (and a LoRA) through generate().
-
-    Reference: each row generated alone, batch of one, after ``use(task)``.
-    """
-    model = {"llama": rt.tiny_llama, "gpt2": rt.tiny_gpt2, "t5": rt.tiny_t5}[family]()
-    target = {"llama": "layers[*].self_attn.q_proj", "gpt2": "h[*].attn.c_attn", "t5": "block[*].layer[0].SelfAttention.q"}
-    sharpen(model)
-    adapted = adaptlang.apply(model, MIXED.replace("layers[*].self_attn.q_proj", target[family]), task="c")
-    with torch.no_grad():
-        for name in ("short", "long"):
-            for p in adapted.delta_parameters(name).values():
-                p.mul_(3.0)
-        for p in adapted.delta_parameters("l").values():
-            p.normal_(0, 0.3)
-    tasks = ["a", "b", None, "c"]
-    ids = torch.tensor([[0, 0, 5, 6, 7], [9, 10, 11, 12, 13], [0, 3, 4, 5, 6], [7, 8, 9, 10, 11]])
-    mask = (ids != 0).long()
-    kw = dict(max_new_tokens=4, do_sample=False, num_beams=beams, pad_token_id=0, output_scores=True,
-              return_dict_in_generate=True)
-    mixed = adapted.generate(input_ids=ids, attention_mask=mask, tasks=tasks, **kw)
-    assert adapted.active_task == "c"
-    for row, task in enumerate(tasks):
-        one = dict(input_ids=ids[row:row + 1], attention_mask=mask[row:row + 1], **kw)
-        if task is None:
-            alone = adapted.generate(tasks=[None], **one)
-        else:
-            with adapted.use(task):
-                alone = adapted.generate(**one)
-        got = mixed.sequences[row]
-        want = alone.sequences[0]
-        assert torch.equal(got[: want.shape[0]], want), f"row {row} ({task})"
-        if beams > 1:
-            torch.testing.assert_close(mixed.sequences_scores[row], alone.sequences_scores[0], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
