@@ -33,7 +33,7 @@ from adaptlang.runtime.adapter import map_main_output
 from adaptlang.runtime.layers import (
     EMBEDDING, describe_layer, first_input, module_device, replace_first_input, run_layer,
 )
-from adaptlang.runtime.program import FULL, dora_terms, effective_tensors, output_is_private, run_base
+from adaptlang.runtime.program import FULL, Program, dora_terms, effective_tensors, output_is_private, run_base
 from adaptlang.runtime.row_lora import RowLoRAGroup
 
 __all__ = ["RowProgram"]
@@ -93,6 +93,31 @@ class RowProgram:
         self.groups = [RowLoRAGroup(group, base, device) for group in plain.values()]
         self.override = quant is not None
         self._check_adapter_order(rows, parts)
+        # DoRA normalises the weight it adds to, W + the row's sparse deltas, which differ per row:
+        # such sites run each distinct row list as its own program, on its rows (exact, a little slower).
+        self.by_list = None
+        if self.dora and self.sparse:
+            lists: dict[tuple, list[int]] = {}
+            for r, row in enumerate(rows):
+                lists.setdefault(tuple(row), []).append(r)
+            self.by_list = [(Program.build(base, [(parts[d], w) for d, w in key], quant),
+                             torch.tensor(members, device=device)) for key, members in lists.items()]
+
+    def _run_by_list(self, x: torch.Tensor, args: tuple, kwargs: dict, training: bool) -> torch.Tensor:
+        """The site forward for DoRA with sparse deltas: each distinct row list's program on its rows.
+
+        Returns:
+            The outputs put back in row order: (B, ...).
+        """
+        out = None
+        for prog, idx in self.by_list:
+            sub_args, sub_kwargs = replace_first_input(args, kwargs, x.index_select(0, idx))
+            y = prog.run(sub_args, sub_kwargs, training)
+            if not isinstance(y, torch.Tensor):
+                raise RuntimeApplyError(f"per-row DoRA with sparse deltas needs a tensor output, got {type(y).__name__}")
+            out = y.new_empty((x.shape[0],) + tuple(y.shape[1:])) if out is None else out  # (B, ...)
+            out = out.index_copy(0, idx, y)
+        return out
 
     def _check_adapter_order(self, rows: list[list[tuple[str, float]]], parts: dict[str, nn.Module]) -> None:
         """Refuses rows that order the same adapters at this site differently."""
@@ -108,6 +133,8 @@ class RowProgram:
         x = first_input(args, kwargs)
         if x.shape[0] != self.batch:
             raise RuntimeApplyError(f"per-row deltas were set for {self.batch} rows; the input has {x.shape[0]}")
+        if self.by_list is not None:
+            return self._run_by_list(x, args, kwargs, training)
         for part, idx, w, every in self.before:
             x = _on_rows(x, part, idx, w, every, training, residual=part.residual)
         xb = x

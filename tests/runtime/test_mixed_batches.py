@@ -231,3 +231,27 @@ def test_errors_name_the_problem(setup):
         adapted(**batch, tasks=["lora", None])
     adapted.unmerge()
     assert adapted.active_task == "lora"
+
+
+def test_dora_with_sparse_at_one_site_rows_equal_each_task_alone(rt):
+    """DoRA normalises W plus the row's sparse deltas: rows whose sparse deltas differ must not share it.
+
+    (Before: a row of ``d + s`` beside a base row was off by 0.31 in the logits.)
+    """
+    model = rt.tiny_llama()
+    reference = copy.deepcopy(model)
+    adapted = adaptlang.apply(model, """adaptlang 1
+lora d  { on layers[*].self_attn.o_proj; rank 2; variant dora }
+lora l  { on layers[*].self_attn.o_proj; rank 2 }
+sparse s { on layers[*].self_attn.o_proj; density 10% }
+task x = d + s
+task y = 0.5 * d + l
+task z = s
+""", task="y")
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for delta in adapted._patch.delta_params:
+            for p in adapted.delta_parameters(delta).values():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+    batch = rt.lm_batch(batch=5)
+    assert_rows_alone(adapted, reference, batch, ["x", None, "y", "x", "z"])
