@@ -310,8 +310,28 @@ class Adapted(MergeMethods):
         return handle_of(model)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "Adapted":
-        """An independent handle on an independent copy of the model (the plan is shared)."""
-        return deepcopy_handle(self, memo)
+        """An independent handle on an independent copy of the model (the plan is shared).
+
+        Waits for running calls (a call may have swapped tune copies into the
+        model for its rows), like :meth:`exclusive`.
+        """
+        with self._gate.change("copy.deepcopy"):
+            return deepcopy_handle(self, memo)
+
+    def exclusive(self) -> Any:
+        """A context manager that holds the model still: running calls finish, new ones wait until it exits.
+
+        For reading the whole model while other threads serve it:
+        ``with adapted.exclusive(): torch.save(adapted.model, f)`` (a call
+        with ``tasks=`` may swap re-trained (``tune``) parameters into the
+        model while it runs; ``copy.deepcopy(model)`` or ``torch.save(model)``
+        at that moment would copy them). ``copy.deepcopy(adapted)`` does this
+        by itself.
+
+        Raises:
+            UsageError: Entered from inside a forward of the model on the same thread.
+        """
+        return self._gate.change("exclusive")
 
     def __copy__(self) -> "Adapted":
         """Refused: a shallow copy would be a second handle on the same model (UsageError)."""

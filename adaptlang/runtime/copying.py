@@ -94,6 +94,11 @@ def deepcopy_handle(adapted: Any, memo: dict[int, Any]) -> Any:
     memo.setdefault(id(adapted.plan), adapted.plan)
     for key, value in adapted.__dict__.items():
         new.__dict__[key] = copy.deepcopy(value, memo)
+    # A call with tasks=[...] on another thread may have had its rows' tune copies in the parameter slots
+    # while the model was copied: put the active task's back, in the copy (its truth is the task config).
+    config = new._patch.configs.get(new._active) if new._active is not None else None
+    if config is not None:
+        new._patch.tune.activate(config.tune)
     return new
 
 

@@ -200,6 +200,12 @@ def run_mixed(adapted: Any, args: tuple, kwargs: dict, tasks: Any, *, generate: 
     adapted._check_live()
     patch = adapted._patch
     names = check_tasks(tasks, patch.configs, batch_size(args, kwargs))
+    if torch.is_grad_enabled() and adapted.model.training and _checkpointing(adapted.model):
+        # The backward recomputes checkpointed layers outside this call's context, under the active task.
+        raise UsageError(Diagnostic(
+            "a mixed-task call with gradient checkpointing on: the backward would recompute the layers "
+            "under the active task, not each row's, and give wrong gradients", obj="tasks",
+            hint="train one task per batch (use(task)), or call under torch.no_grad() / model.eval() to serve"))
     layout = _layout(adapted, names)
     wide = None
     if generate:
@@ -261,12 +267,18 @@ class BatchDispatch:
 def run_plain(adapted: Any, args: tuple, kwargs: dict) -> Any:
     """``adapted(...)`` without ``tasks``: the active task for every row, beside other calls (under the gate)."""
     with adapted._gate.forward():
+        adapted._check_live()  # a call that waited while another thread removed the patch must not run bare
         if CALL_PROGRAMS.get() is None:
             return adapted.model(*args, **kwargs)
         # Made from inside a mixed-task call (a hook): the active task, not the outer call's rows.
         config = adapted._patch.configs.get(adapted.active_task)
         with call_programs(None), adapted._patch.prompts.call_scope(config.prompt if config else None, None):
             return adapted.model(*args, **kwargs)
+
+
+def _checkpointing(model: Any) -> bool:
+    """True when some module of the model checkpoints its activations (HF's ``gradient_checkpointing`` flag)."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
 def _checked_active(adapted: Any) -> Any:

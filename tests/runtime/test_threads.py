@@ -320,3 +320,52 @@ def test_cached_layouts_follow_a_site_whose_tensors_change(served, change):
         with adapted.use(task):
             alone = logits(adapted, {k: v[r:r + 1] for k, v in batch.items()})
         assert (out[r:r + 1] - alone).abs().max() <= 1e-5, f"row {r} ({task})"  # ...as it does alone
+
+
+def test_copies_made_while_a_tune_swapping_call_runs_hold_the_active_task(served):
+    """``copy.deepcopy`` of the handle waits for running calls; a copy of the model puts the active task back.
+
+    (Before: 8 of 15 copies held the serving call's tune copy in ``lm_head``, off by 6 in the logits.)
+    """
+    import copy
+
+    adapted, batch = served
+    reference = logits(adapted, batch)
+    stop = threading.Event()
+    copies: list = []
+
+    def server():
+        for _ in range(400):
+            if stop.is_set():
+                return
+            logits(adapted, batch, ("tuned", "tuned"))
+
+    def copier():
+        for i in range(10):
+            copies.append(copy.deepcopy(adapted) if i % 2 else adaptlang.handle(copy.deepcopy(adapted.model)))
+        stop.set()
+
+    errors = run_threads([server, copier])
+    assert not errors, errors
+    assert len(copies) == 10
+    for i, handle in enumerate(copies):
+        assert handle.active_task == "a"
+        assert same(logits(handle, batch), reference), f"copy {i}"
+
+
+def test_a_call_that_waited_while_the_handle_was_removed_fails(served):
+    adapted, batch = served
+    adapted.remove()
+    with pytest.raises(RuntimeApplyError, match="removed"):
+        adapted(**batch)
+
+
+def test_mixed_tasks_with_gradient_checkpointing_are_refused_in_training(served):
+    """The backward would recompute checkpointed layers under the active task (wrong gradients)."""
+    adapted, batch = served
+    adapted.model.gradient_checkpointing_enable()
+    adapted.model.train()
+    with pytest.raises(UsageError, match="gradient checkpointing"):
+        adapted(**batch, tasks=["a", "b"])
+    with torch.no_grad():  # serving is fine
+        assert adapted(**batch, tasks=["a", "b"]).logits.shape[0] == 2
