@@ -188,8 +188,11 @@ def bind_delta(binder: Binder, delta: Any) -> list[dict[str, Any]]:
         if site is not None:
             sites.append(site)
     kinds = ", ".join(_ACTS_ON.get(delta.kind, ("modules with known widths",)))
-    report_unfit(binder, owner, delta.on.span, unfit, f"{delta.kind} acts on {kinds}; "
-                 "narrow the selector (e.g. `... is Linear`)")
+    hint = f"{delta.kind} acts on {kinds}; narrow the selector (e.g. `... is Linear`)"
+    if delta.kind == "adapter" and delta.placement == "parallel":
+        hint = ("a parallel adapter adds up(act(down(x))) to M(x), so M's input and output widths must be "
+                "equal: place it on a block (e.g. `layers[*].mlp`), or use after/before")
+    report_unfit(binder, owner, delta.on.span, unfit, hint)
     if sites:
         overrides.report_unused(len(sites))
     return sites
@@ -200,8 +203,9 @@ def _make_adapter(binder: Binder, delta: Any, owner: str, info: Any, props: dict
     """Returns an adapter site, or None after recording why the module cannot take one."""
     fin, fout = info.in_features, info.out_features
     if fin is None or fout is None or (delta.placement == "parallel" and fin != fout):
-        unfit.append((info.path, info.cls if fin is not None and fout is not None
-                      else f"{info.cls}, widths unknown"))
+        why = (f"{info.cls}, widths unknown" if fin is None or fout is None
+               else f"{info.cls}, in {fin} != out {fout}")
+        unfit.append((info.path, why))
         return None
     dim = fin if delta.placement == "before" else fout
     size = props["size"] if props["size"] is not None else acc.size_from_reduction(dim, props["reduction"])
