@@ -86,9 +86,10 @@ def load(model: Any, paths: Any, **kwargs: Any) -> Any:
 def handle(model: Any) -> Any:
     """Returns the handle of an adapted model: the one ``apply`` returned, or a copy's own.
 
-    A deep copy of an adapted model (``copy.deepcopy``, ``pickle``,
-    ``torch.save``/``torch.load(..., weights_only=False)``) carries its own
-    independent handle, in the same state; this finds it. See
+    A deep copy of an adapted model (``copy.deepcopy``, or a whole-model
+    pickle such as ``torch.save(model)`` loaded back by the user's own code)
+    carries its own independent handle, in the same state; this finds it.
+    adaptlang itself never unpickles anything (bundles are safetensors). See
     :mod:`adaptlang.runtime.copying`.
 
     Raises:

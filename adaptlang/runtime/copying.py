@@ -7,9 +7,11 @@ What a copy is:
   quantized storage and the undo log are copied through one memo, so the
   copy's ``use``/``merge``/``remove`` act on the copy only, and the original
   keeps working. The plan (immutable) is shared.
-* ``copy.deepcopy(model)``, ``pickle`` and ``torch.save(model)`` /
-  ``torch.load(..., weights_only=False)`` of an adapted model copy its handle
-  too, because the root model records it (``model._adaptlang_handle``, a plain
+* ``copy.deepcopy(model)`` and a whole-model pickle of an adapted model
+  (``torch.save(model)``, which the user loads back with torch themselves;
+  adaptlang never loads a pickle: unpickling runs code, so only files of
+  one's own may be loaded that way, and bundles are what to share) copy its
+  handle too, because the root model records it (``model._adaptlang_handle``, a plain
   attribute, not in the state dict); :func:`handle_of` (``adaptlang.handle``,
   ``Adapted.of``) returns the copy's own handle, in the same state (active
   task, merged or not).
@@ -35,7 +37,7 @@ import torch
 from torch import nn
 
 from adaptlang.errors import Diagnostic, UsageError
-from adaptlang.runtime.undo import DetachHandle
+from adaptlang.runtime.undo import Detach
 
 __all__ = [
     "HANDLE_ATTR", "OUTSIDE_ATTR", "OutsideTensors", "attach_handle", "attach_outside", "deepcopy_handle",
@@ -52,7 +54,7 @@ def attach_handle(adapted: Any) -> None:
     ``remove()`` (or a failed apply) forgets it through the undo log.
     """
     adapted.model.__dict__[HANDLE_ATTR] = adapted
-    adapted._patch.tx.on_undo(DetachHandle(adapted.model, HANDLE_ATTR))
+    adapted._patch.tx.on_undo(Detach(adapted.model, "__dict__", HANDLE_ATTR))
 
 
 def handle_of(model: Any) -> Any:

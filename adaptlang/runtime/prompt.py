@@ -76,6 +76,7 @@ class PromptController:
         self.active: str | None = None
         self.rows: list[str | None] | None = None  # per-row prompts of a mixed-task batch
         self._handles: list[Any] = []
+        self._layouts: dict[tuple[str | None, ...], Layout] = {}  # per-row prompt names -> layout
         self._arg_names: dict[int, list[str]] = {}
         self._encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
         self._explicit_positions = not self._encoder_decoder and takes_position_ids(model)
@@ -169,9 +170,15 @@ class PromptController:
         return None if prompt is None else (prompt,) * batch
 
     def _layout(self, names: tuple[str | None, ...]) -> Layout:
-        """Returns the layout of one call whose rows have the prompts ``names``."""
-        tokens = {n: self.parts[n].tokens for n in set(names) if n is not None}
-        return build_layout(names, tokens, self._explicit_positions)
+        """Returns the layout of one call whose rows have the prompts ``names`` (kept for the next calls)."""
+        layout = self._layouts.get(names)
+        if layout is None:
+            tokens = {n: self.parts[n].tokens for n in set(names) if n is not None}
+            layout = build_layout(names, tokens, self._explicit_positions)
+            if len(self._layouts) >= 16:  # a few batch shapes recur; don't grow without bound
+                self._layouts.clear()
+            self._layouts[names] = layout  # (layouts are immutable: safe to share across threads)
+        return layout
 
     def remove(self) -> None:
         """Removes the hooks and the ``adaptlang_prompts`` module; forgets every part."""
@@ -281,28 +288,7 @@ class PromptController:
         encoded = kwargs.get("encoder_outputs")
         mask = kwargs.get("attention_mask")
         if encoded is not None:
-            hidden = encoded[0]  # (B, P+L, D) when the encoder ran with a prompt
-            # The output object is marked (generate() expands it in place for beams), and so is its
-            # hidden-state tensor (callers may pass it on in a tuple of their own).
-            layout = MARKS.get(encoded) or MARKS.get(hidden)
-            if isinstance(mask, torch.Tensor) and layout is None and mask.shape[-1] != hidden.shape[1]:
-                raise RuntimeApplyError(Diagnostic(
-                    f"attention_mask covers {mask.shape[-1]} positions; the encoder output has {hidden.shape[1]}, "
-                    "and it is not one the encoder computed with a prompt of this model", obj="attention_mask",
-                    hint="pass the encoder output the model returned, or a mask over all its positions"))
-            if layout is None or not isinstance(mask, torch.Tensor) or mask.shape[-1] == hidden.shape[1]:
-                if layout is not None and mask is None and layout.padded:
-                    kwargs["attention_mask"] = torch.cat([layout.for_batch(hidden.shape[0]).mask.to(hidden.device),
-                                                          hidden.new_ones(hidden.shape[0], hidden.shape[1] - layout.width,
-                                                                          dtype=torch.long)], dim=1)
-                    return (), kwargs
-                return None
-            if mask.shape[-1] + layout.width != hidden.shape[1]:
-                raise RuntimeApplyError(Diagnostic(
-                    f"attention_mask covers {mask.shape[-1]} positions; the encoder output has {hidden.shape[1]} "
-                    f"(a {layout.width}-token prompt included)", obj="attention_mask"))
-            kwargs["attention_mask"] = torch.cat([layout.for_batch(mask.shape[0]).mask.to(mask), mask], dim=1)
-            return (), kwargs
+            return self._decoder_step_mask(kwargs, encoded, mask)
         main = _main_input(kwargs)
         if not isinstance(main, torch.Tensor):
             return None
@@ -315,6 +301,34 @@ class PromptController:
         elif mask.dim() != 2 or mask.shape[-1] != main.shape[1]:
             raise RuntimeApplyError(f"attention_mask must be (batch, length) = {tuple(main.shape[:2])}")
         kwargs["attention_mask"] = torch.cat([layout.mask.to(mask), mask], dim=1)  # (B, P+L): the encoder keeps it
+        return (), kwargs
+
+    @staticmethod
+    def _decoder_step_mask(kwargs: dict, encoded: Any, mask: torch.Tensor | None) -> tuple[tuple, dict] | None:
+        """A decoder call on a finished encoder output: its mask gets the prompt positions the output holds."""
+        hidden = encoded[0]  # (B, P+L, D) when the encoder ran with a prompt
+        total = hidden.shape[1]
+        # The output object is marked (generate() expands it in place for beams), and so is its
+        # hidden-state tensor (callers may pass it on in a tuple of their own).
+        layout = MARKS.get(encoded) or MARKS.get(hidden)
+        if layout is None:
+            if isinstance(mask, torch.Tensor) and mask.shape[-1] != total:
+                raise RuntimeApplyError(Diagnostic(
+                    f"attention_mask covers {mask.shape[-1]} positions; the encoder output has {total}, and it "
+                    "is not one the encoder computed with a prompt of this model", obj="attention_mask",
+                    hint="pass the encoder output the model returned, or a mask over all its positions"))
+            return None
+        if mask is None:
+            if not layout.padded:
+                return None  # no mask: every position is seen, the prompt's too
+            mask = hidden.new_ones(hidden.shape[0], total - layout.width, dtype=torch.long)
+        elif mask.shape[-1] == total:
+            return None  # the caller's mask already covers the prompt
+        elif mask.shape[-1] + layout.width != total:
+            raise RuntimeApplyError(Diagnostic(
+                f"attention_mask covers {mask.shape[-1]} positions; the encoder output has {total} "
+                f"(a {layout.width}-token prompt included)", obj="attention_mask"))
+        kwargs["attention_mask"] = torch.cat([layout.for_batch(mask.shape[0]).mask.to(mask), mask], dim=1)
         return (), kwargs
 
     def _on_encoder(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:

@@ -24,7 +24,7 @@ from adaptlang.runtime.prompt import PROMPT_ATTR, PromptController
 from adaptlang.plan.ties import SHARED
 from adaptlang.runtime.tune import SlotAssignment, TuneSlots, check_site_ties, find_tied_paths, split_param_path
 from adaptlang.runtime.copying import HANDLE_ATTR, OUTSIDE_ATTR, attach_outside
-from adaptlang.runtime.undo import DetachChild, RemovePrompts, RestoreFlags, RestoreTune, UnwrapSite
+from adaptlang.runtime.undo import Detach, RemovePrompts, RestoreFlags, RestoreTune, UnwrapSite
 
 __all__ = ["Patch", "TaskConfig", "Transaction", "check_not_adapted", "patch_model"]
 
@@ -381,5 +381,5 @@ def _patch(model: nn.Module, plan_dict: dict[str, Any], tokenizer: Any, seed: in
         for path in patch.quantized:
             patch.site_snapshots[path].release_quantized()
     if attach_outside(patch):
-        patch.tx.on_undo(DetachChild(model, OUTSIDE_ATTR))
+        patch.tx.on_undo(Detach(model, "_modules", OUTSIDE_ATTR))
     return patch

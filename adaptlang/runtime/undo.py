@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["DetachChild", "DetachHandle", "RemovePrompts", "RestoreFlags", "RestoreTune", "UnwrapSite", "dequantize_into"]
+__all__ = ["Detach", "RemovePrompts", "RestoreFlags", "RestoreTune", "UnwrapSite", "dequantize_into"]
 
 
 class RestoreFlags:
@@ -52,26 +52,20 @@ class RestoreTune:
         self.tune.restore()
 
 
-class DetachHandle:
-    """Forgets the handle recorded on the root model (:mod:`adaptlang.runtime.copying`)."""
+class Detach:
+    """Takes an entry we added to the root model off again: a child module, or a plain attribute.
 
-    def __init__(self, model: nn.Module, attr: str):
-        self.model = model
-        self.attr = attr
+    Args:
+        model: The root model.
+        table: ``"_modules"`` (a child we registered) or ``"__dict__"`` (a plain attribute).
+        attr: The entry's name.
+    """
 
-    def __call__(self, removing: bool) -> None:
-        self.model.__dict__.pop(self.attr, None)
-
-
-class DetachChild:
-    """Takes a child module we registered off the root model."""
-
-    def __init__(self, model: nn.Module, attr: str):
-        self.model = model
-        self.attr = attr
+    def __init__(self, model: nn.Module, table: str, attr: str):
+        self.model, self.table, self.attr = model, table, attr
 
     def __call__(self, removing: bool) -> None:
-        self.model._modules.pop(self.attr, None)
+        getattr(self.model, self.table).pop(self.attr, None)
 
 
 class UnwrapSite:

@@ -108,9 +108,8 @@ def check_removed(model, before, kind: str, merged: tuple[str, ...], rt) -> None
             torch.testing.assert_close(after.values[key], value, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("merged", [False, True], ids=["unmerged", "merged"])
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_a_copied_handle_is_independent(kind, merged, rt, tmp_path):
+def prepared(kind, rt):
+    """``(model, its pre-apply state, adapted with kind's tasks, batch, main's logits, other's logits)``."""
     model = tiny_llama()
     before = rt.capture_state(model)
     adapted = make(kind, model)
@@ -118,6 +117,13 @@ def test_a_copied_handle_is_independent(kind, merged, rt, tmp_path):
     ref_main = logits(adapted, batch)
     with adapted.use("other"):
         ref_other = logits(adapted, batch)
+    return model, before, adapted, batch, ref_main, ref_other
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["unmerged", "merged"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_copied_handle_is_independent(kind, merged, rt, tmp_path):
+    model, before, adapted, batch, ref_main, ref_other = prepared(kind, rt)
     if merged:
         adapted.merge()
     now = logits(adapted, batch)
@@ -186,13 +192,7 @@ def torch_saved(model):
 @pytest.mark.parametrize("how", [copy.deepcopy, pickled, torch_saved], ids=["deepcopy", "pickle", "torch.save"])
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_a_copied_model_carries_its_own_handle(kind, how, merged, rt):
-    model = tiny_llama()
-    before = rt.capture_state(model)
-    adapted = make(kind, model)
-    batch = rt.lm_batch()
-    ref_main = logits(adapted, batch)
-    with adapted.use("other"):
-        ref_other = logits(adapted, batch)
+    model, before, adapted, batch, ref_main, ref_other = prepared(kind, rt)
     active = "main" if merged else "other"  # the copy keeps the active task (merged: main's deltas fold in)
     adapted.use(active)
     if merged:
