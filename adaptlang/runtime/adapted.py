@@ -28,6 +28,7 @@ from adaptlang.runtime.concurrency import CallGate, changes_model
 from adaptlang.runtime.copying import attach_handle, deepcopy_handle, handle_of, shallow_copy_error
 from adaptlang.runtime.adapted_merge import MergeMethods, tied_parameter_ids
 from adaptlang.runtime.mixed import run_mixed, run_plain
+from adaptlang.runtime.shards import gather_full
 from adaptlang.runtime.transaction import Patch, TaskConfig, check_not_adapted, patch_model
 
 __all__ = ["Adapted", "apply", "tied_parameter_ids"]
@@ -65,7 +66,7 @@ class Adapted(MergeMethods):
         self.plan = plan
         self._patch = patch
         self._active: str | None = None
-        self._trainable_now: list[nn.Parameter] = []
+        self._trainable_now: list[Any] = []  # the active task's trainable references (runtime.refs)
         self._merged = False
         self._merged_paths: list[str] = []
         self._merge_report: dict[str, Any] = {}
@@ -113,14 +114,15 @@ class Adapted(MergeMethods):
             self.unmerge()
         activate_config(config, self._patch)
         # Only flags that change are touched: tasks often share deltas.
+        # Flags go on the parameters the model holds now (an engine may have replaced the objects).
         new = config.trainable
         if self._trainable_now is not new:
             keep = config.trainable_ids
-            for p in self._trainable_now:
-                if id(p) not in keep:
-                    p.requires_grad_(False)
-            for p in new:
-                p.requires_grad_(True)
+            for ref in self._trainable_now:
+                if id(ref) not in keep:
+                    ref.get().requires_grad_(False)
+            for ref in new:
+                ref.get().requires_grad_(True)
         self._trainable_now = new
         self._active = task
         return TaskSwitch(self, previous if previous is not None else task)
@@ -140,23 +142,35 @@ class Adapted(MergeMethods):
 
     # ------------------------------------------------------------ parameters
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """Returns ``(name, parameter)`` of the active task's trainable deltas, in model order."""
+        """Returns ``(name, parameter)`` of the active task's trainable deltas, in model order.
+
+        The parameters are the ones the model holds now: after FSDP2's
+        ``fully_shard`` the sharded ones, so an optimizer built from this list
+        trains what the forward uses.
+        """
         self._check_live()
-        wanted = self._patch.configs[self._active].trainable_ids
+        wanted = {id(ref.get()) for ref in self._patch.configs[self._active].trainable}
         return [(n, p) for n, p in self.model.named_parameters() if id(p) in wanted]
 
     def delta_parameters(self, delta: str) -> dict[str, nn.Parameter]:
-        """Returns a delta's parameters keyed ``"{site path}/{local name}"``.
+        """Returns a delta's parameters keyed ``"{site path}/{local name}"``, as the model holds them now.
+
+        On a sharded model these are the shards (FSDP2 ``DTensor``\ s, FSDP1
+        views); :meth:`full_adapter_state_dict` gathers full values.
 
         Raises:
             RuntimeApplyError: Unknown delta.
         """
+        return {key: ref.get() for key, ref in self._delta_refs(delta).items()}
+
+    def _delta_refs(self, delta: str) -> dict[str, Any]:
+        """A delta's parameter references (:mod:`adaptlang.runtime.refs`), or raises for an unknown delta."""
         self._check_live()
-        params = self._patch.delta_params.get(delta)
-        if params is None:
+        refs = self._patch.delta_params.get(delta)
+        if refs is None:
             raise RuntimeApplyError(Diagnostic(
                 f"unknown delta '{delta}'", obj=delta, hint=did_you_mean(delta, self._patch.delta_params)))
-        return dict(params)
+        return refs
 
     def delta_buffers(self, delta: str) -> dict[str, torch.Tensor]:
         """Returns a delta's non-trainable state that a bundle must keep (sparse ``indices``).
@@ -187,10 +201,27 @@ class Adapted(MergeMethods):
         self._check_live()
         config = self._config(task or self._active)
         return {
-            f"{delta}/{key}": p.detach()
+            f"{delta}/{key}": ref.get().detach()
             for delta in config.deltas
-            for key, p in self._patch.delta_params[delta].items()
+            for key, ref in self._patch.delta_params[delta].items()
         }
+
+    def full_adapter_state_dict(self, task: str | None = None) -> dict[str, torch.Tensor]:
+        """Returns :meth:`adapter_state_dict` with full values: new CPU tensors, gathered if sharded.
+
+        On a model sharded by FSDP2 or FSDP1 this is collective: every rank
+        must call it (:func:`~adaptlang.runtime.shards.gather_full`); each
+        gets the same full tensors.
+
+        Raises:
+            RuntimeApplyError: A shard that cannot be gathered (ZeRO-3, no
+                process group, a gathered size that is not the full shape's).
+        """
+        self._check_live()
+        config = self._config(task or self._active)
+        refs = {f"{delta}/{key}": ref for delta in config.deltas
+                for key, ref in self._patch.delta_params[delta].items()}
+        return gather_full({k: ref.get() for k, ref in refs.items()}, {k: ref.shape for k, ref in refs.items()})
 
     @changes_model("load_adapter_state_dict")
     def load_adapter_state_dict(self, state_dict: dict[str, torch.Tensor], task: str | None = None) -> None:

@@ -180,8 +180,7 @@ class LoRAGroup:
         base: The original module (Embedding options).
     """
 
-    __slots__ = ("base", "parts", "coefs", "dropout", "embedding", "As", "Bs", "alpha", "scaled", "biases", "dtype",
-                 "cache")
+    __slots__ = ("base", "parts", "coefs", "dropout", "embedding", "alpha", "scaled", "has_bias", "cache")
 
     def __init__(self, entries: Sequence[tuple[Any, float]], base: nn.Module):
         self.base = base
@@ -189,14 +188,37 @@ class LoRAGroup:
         self.coefs = [w * p.scaling for p, w in entries]
         self.dropout = self.parts[0].dropout
         self.embedding = self.parts[0].layer_kind == EMBEDDING
-        self.As = tuple(p.lora_A for p in self.parts)
-        self.Bs = tuple(p.lora_B for p in self.parts)
         # One alpha for addmm when every coefficient is equal; else B columns are scaled per part.
         self.scaled = len(set(self.coefs)) > 1
         self.alpha = 1.0 if self.scaled else self.coefs[0]
-        self.biases = [(p.lora_bias, c) for p, c in zip(self.parts, self.coefs) if p.lora_bias is not None]
-        self.dtype = self.As[0].dtype
+        self.has_bias = any(p._parameters["lora_bias"] is not None for p in self.parts)
         self.cache = FactorCache()
+
+    # The factors are read from the parts at every call, never kept: a sharding engine (FSDP2's
+    # fully_shard, FSDP1) or .to() puts other tensor objects in the parts' parameter slots, and a
+    # kept object would be the stale one (gradients would land on it, and FSDP1's is a 1-D shard).
+    @property
+    def As(self) -> tuple[torch.Tensor, ...]:
+        """Each part's ``lora_A`` as its module holds it now: (r_i, in)."""
+        return tuple(p._parameters["lora_A"] for p in self.parts)
+
+    @property
+    def Bs(self) -> tuple[torch.Tensor, ...]:
+        """Each part's ``lora_B`` as its module holds it now: (out, r_i)."""
+        return tuple(p._parameters["lora_B"] for p in self.parts)
+
+    @property
+    def biases(self) -> list[tuple[torch.Tensor, float]]:
+        """``(lora_bias (out,), coefficient)`` of the parts that have one, read now."""
+        if not self.has_bias:
+            return []
+        return [(p._parameters["lora_bias"], c) for p, c in zip(self.parts, self.coefs)
+                if p._parameters["lora_bias"] is not None]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The factors' dtype."""
+        return self.parts[0]._parameters["lora_A"].dtype
 
     @property
     def rank(self) -> int:

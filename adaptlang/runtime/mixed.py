@@ -88,7 +88,7 @@ class MixedLayout:
 
     def swaps_tune(self, active: Any) -> bool:
         """True when the layout's tune slots differ from what the ``active`` config put there."""
-        return any(mine is not theirs for (_, _, mine), (_, _, theirs) in zip(self.tune, active.tune))
+        return any(mine != theirs for (_, mine), (_, theirs) in zip(self.tune, active.tune))
 
 
 def batch_size(args: tuple, kwargs: dict) -> int | None:
@@ -148,7 +148,7 @@ def build_layout(patch: Any, names: tuple[str | None, ...]) -> MixedLayout:
     tunes = {n: (configs[n].tune if n is not None else originals) for n in distinct}
     first = distinct[0]
     for name in distinct[1:]:
-        if [id(p) for _, _, p in tunes[name]] != [id(p) for _, _, p in tunes[first]]:
+        if [d for _, d in tunes[name]] != [d for _, d in tunes[first]]:
             odd = name if name is not None and any(d in patch.tune.copies for d in configs[name].deltas) else first
             other = first if odd == name else name
             deltas = [d for d in configs[odd].deltas if d in patch.tune.copies]

@@ -72,8 +72,14 @@ class RowLoRAGroup:
         # Embeddings: each row's coefficient over the union's concatenated rank columns.
         self.union_mask = torch.cat([col.unsqueeze(1).expand(-1, p.rank) * p.scaling for p, col in group],
                                     dim=1).to(device, dtype)  # (B, R_union)
-        self.biases = [(p.lora_bias, (col * p.scaling).to(device, dtype)) for p, col in group
-                       if p.lora_bias is not None]
+        # Parts, not their bias tensors: those are read per call (an engine may swap the objects).
+        self.bias_parts = [(p, (col * p.scaling).to(device, dtype)) for p, col in group
+                           if p.lora_bias is not None]
+
+    @property
+    def biases(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(lora_bias (out,), per-row coefficient (B,))``, read from the parts now."""
+        return [(p._parameters["lora_bias"], coef) for p, coef in self.bias_parts]
 
     def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the slots' stacked factors, zero-padded: (U, R, in) and (U, out, R)."""

@@ -23,8 +23,12 @@ from adaptlang.runtime.binding import (
 from adaptlang.runtime.prompt import PROMPT_ATTR, PromptController
 from adaptlang.plan.ties import SHARED
 from adaptlang.runtime.tune import SlotAssignment, TuneSlots, check_site_ties, find_tied_paths, split_param_path
+from adaptlang.runtime.refs import SlotRef, TuneRef, refs_of
 from adaptlang.runtime.copying import HANDLE_ATTR, OUTSIDE_ATTR, attach_outside
 from adaptlang.runtime.undo import Detach, RemovePrompts, RestoreFlags, RestoreTune, UnwrapSite
+
+#: A reference to a delta parameter (``ref.get()`` returns it as the model holds it now).
+Ref = SlotRef | TuneRef
 
 __all__ = ["Patch", "TaskConfig", "Transaction", "check_not_adapted", "patch_model"]
 
@@ -114,8 +118,9 @@ class TaskConfig:
         deltas: Every delta of the task, in written order.
         sites: ``(site, [(delta, weight), ...])`` for every site that has parts.
         active_paths: Paths of the sites where the task activates something.
-        trainable: Parameters of the task's non-frozen deltas.
-        trainable_ids: ``id()`` of each of those, for fast membership.
+        trainable: Where the parameters of the task's non-frozen deltas live
+            (:mod:`adaptlang.runtime.refs`: read when needed, never kept).
+        trainable_ids: ``id()`` of each of those references, for fast membership.
         tune: What every tuned parameter slot holds under this task.
         prompt: The task's prompt delta, if any.
     """
@@ -124,7 +129,7 @@ class TaskConfig:
     deltas: list[str]
     sites: list[tuple[Any, list[tuple[str, float]]]]
     active_paths: list[str]
-    trainable: list[nn.Parameter]
+    trainable: list[Ref]
     trainable_ids: frozenset[int]
     tune: list[SlotAssignment]
     prompt: str | None
@@ -149,7 +154,8 @@ class Patch:
         model: The patched model.
         sites: Plan path -> ``SiteModule``, in the order they were wrapped.
         configs: Task name -> :class:`TaskConfig`, in declaration order.
-        delta_params: Delta -> ``{"{site path}/{local name}": parameter}``.
+        delta_params: Delta -> ``{"{site path}/{local name}": reference}`` (where each
+            parameter lives; :mod:`adaptlang.runtime.refs`).
         prompts: The prompt deltas and their hook.
         tune: The tuned copies and the slots they go in.
         quantized: Paths of sites whose base weight is quantized.
@@ -166,7 +172,7 @@ class Patch:
     tx: Transaction
     sites: dict[str, Any] = field(default_factory=dict)
     configs: dict[str, TaskConfig] = field(default_factory=dict)
-    delta_params: dict[str, dict[str, nn.Parameter]] = field(default_factory=dict)
+    delta_params: dict[str, dict[str, Ref]] = field(default_factory=dict)
     quantized: set[str] = field(default_factory=set)
     quant_report: list[dict[str, Any]] = field(default_factory=list)
     site_snapshots: dict[str, ModuleSnapshot] = field(default_factory=dict)
@@ -253,7 +259,7 @@ def _add_deltas(patch: Patch, plan_dict: dict[str, Any], tokenizer: Any, seed: i
     """Creates every delta's parameters at every site."""
     for delta, info in plan_dict["deltas"].items():
         kind = info["kind"]
-        params: dict[str, nn.Parameter] = {}
+        params: dict[str, Ref] = {}
         for site_dict in info["sites"]:
             path = site_dict["path"]
             gen = derive_generator(seed, delta, path)
@@ -266,15 +272,18 @@ def _add_deltas(patch: Patch, plan_dict: dict[str, Any], tokenizer: Any, seed: i
                     for full in site_dict.get(SHARED, ()):
                         # Every tied name the sparse delta selects runs the same part: one set of values.
                         _wrap_site(patch, split_param_path(full)[0]).share_part(delta, part)
-                    local = site.adapter_params(delta)
+                    local = refs_of(part, list(part.adapter_params()))
                 elif kind == "prompt":
                     if not patch.prompts.parts:
                         patch.tx.on_undo(RemovePrompts(patch.prompts))
-                    local = patch.prompts.add(delta, site_dict, gen, tokenizer).adapter_params()
+                    prompt = patch.prompts.add(delta, site_dict, gen, tokenizer)
+                    local = refs_of(prompt, list(prompt.adapter_params()))
                 elif kind == "tune":
                     if not patch.tune.originals:
                         patch.tx.on_undo(RestoreTune(patch.tune))
-                    local = {site_dict["param"]: patch.tune.add(delta, site_dict)}
+                    copy = patch.tune.add(delta, site_dict)
+                    key = (site_dict["path"], site_dict["param"])
+                    local = {site_dict["param"]: TuneRef(patch.tune, delta, key, tuple(copy.shape))}
                 else:
                     raise RuntimeApplyError(f"unknown delta kind '{kind}'")
             params.update({f"{path}/{name}": p for name, p in local.items()})
@@ -292,10 +301,10 @@ def _build_config(patch: Patch, plan_dict: dict[str, Any], task: str) -> TaskCon
             continue
         active = [(t["name"], weights[t["name"]]) for t in terms if t["name"] in site.parts]
         sites.append((site, active))
-    trainable: dict[int, nn.Parameter] = {}
+    trainable: dict[int, Ref] = {}
     for t in terms:
         if not t.get("frozen", False):
-            trainable.update((id(p), p) for p in patch.delta_params[t["name"]].values())
+            trainable.update((id(ref), ref) for ref in patch.delta_params[t["name"]].values())
     prompts = [t["name"] for t in terms if kinds[t["name"]] == "prompt"]
     tunes = [t["name"] for t in terms if kinds[t["name"]] == "tune"]
     return TaskConfig(
@@ -363,8 +372,8 @@ def _patch(model: nn.Module, plan_dict: dict[str, Any], tokenizer: Any, seed: in
         _quantize_sites(patch, plan_dict)
         _add_deltas(patch, plan_dict, tokenizer, seed)
         for params in patch.delta_params.values():
-            for p in params.values():
-                p.requires_grad_(False)
+            for ref in params.values():
+                ref.get().requires_grad_(False)
         for task in plan_dict["tasks"]:
             with patch.tx.step("preparing task", task):
                 patch.configs[task] = _build_config(patch, plan_dict, task)

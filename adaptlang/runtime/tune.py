@@ -38,12 +38,18 @@ __all__ = ["SlotKey", "SlotAssignment", "TuneSlots", "check_site_ties", "find_ti
 
 #: A parameter slot by plan path: (module path, parameter name).
 SlotKey = tuple[str, str]
-#: What one task puts in one slot: (module, parameter name, parameter).
-SlotAssignment = tuple[nn.Module, str, nn.Parameter]
+#: What one task puts in one slot: the slot, and the tune delta whose copy goes there (None: the original).
+SlotAssignment = tuple[SlotKey, "str | None"]
 
 
 class TuneSlots:
     """The tuned copies of one adapted model and the original parameters they replace.
+
+    The parameter in a slot now is read from the slot (an engine such as
+    FSDP2 may have replaced the object put there); ``holder`` says whose it
+    is. The objects kept in ``originals`` and ``copies`` are the current ones
+    for every slot they are not in: a switch takes the slot's object back
+    into its owner's place before it puts the next one in.
 
     Args:
         model: The root model.
@@ -54,6 +60,7 @@ class TuneSlots:
         self.originals: dict[SlotKey, nn.Parameter] = {}
         self.modules: dict[SlotKey, nn.Module] = {}
         self.copies: dict[str, dict[SlotKey, nn.Parameter]] = {}
+        self.holder: dict[SlotKey, str | None] = {}  # slot -> tune delta in it now (None: the original)
 
     def add(self, delta: str, site: dict[str, Any]) -> nn.Parameter:
         """Makes ``delta``'s copy of the parameter a plan site names.
@@ -86,19 +93,26 @@ class TuneSlots:
         for slot, module, slot_original in found:  # one copy in every slot the delta shares
             self.originals[slot] = slot_original
             self.modules[slot] = module
+            self.holder.setdefault(slot, None)
             self.copies.setdefault(delta, {})[slot] = copy
         return copy
 
+    def live(self, delta: str, key: SlotKey) -> nn.Parameter:
+        """Returns ``delta``'s copy for slot ``key`` as it is now (the slot's object while it holds it)."""
+        if self.holder.get(key) == delta:
+            return self.modules[key]._parameters[key[1]]
+        return self.copies[delta][key]
+
     def adapter_params(self, delta: str) -> dict[SlotKey, nn.Parameter]:
-        """Returns ``delta``'s copies by slot (empty for a delta that is not ``tune``).
+        """Returns ``delta``'s copies by slot, as they are now (empty for a delta that is not ``tune``).
 
         A copy shared by tied slots is listed under each of them (the same object).
         """
-        return dict(self.copies.get(delta, {}))
+        return {key: self.live(delta, key) for key in self.copies.get(delta, {})}
 
     def copy_ids(self) -> set[int]:
-        """Returns ``id()`` of every delta's copy (``merge`` must not fold into one)."""
-        return {id(copy) for copies in self.copies.values() for copy in copies.values()}
+        """Returns ``id()`` of every delta's copy as it is now (``merge`` must not fold into one)."""
+        return {id(self.live(delta, key)) for delta, copies in self.copies.items() for key in copies}
 
     def assignments_for(self, deltas: list[str], task: str = "") -> list[SlotAssignment]:
         """Precomputes what every slot holds while exactly ``deltas`` are active.
@@ -108,35 +122,75 @@ class TuneSlots:
             task: The task's name, for errors.
 
         Returns:
-            One assignment per known slot: the delta's copy, or the original.
+            One assignment per known slot: the delta whose copy goes there, or None (the original).
 
         Raises:
             RuntimeApplyError: Two of the deltas tune the same parameter.
         """
-        chosen: dict[SlotKey, tuple[str, nn.Parameter]] = {}
+        chosen: dict[SlotKey, str] = {}
         for delta in deltas:
-            for key, copy in self.copies.get(delta, {}).items():
+            for key in self.copies.get(delta, {}):
                 if key in chosen:
                     raise RuntimeApplyError(Diagnostic(
-                        f"task '{task}': deltas '{chosen[key][0]}' and '{delta}' both tune "
+                        f"task '{task}': deltas '{chosen[key]}' and '{delta}' both tune "
                         f"'{key[0]}.{key[1]}'", obj=task))
-                chosen[key] = (delta, copy)
-        return [
-            (self.modules[key], key[1], chosen[key][1] if key in chosen else original)
-            for key, original in self.originals.items()
-        ]
+                chosen[key] = delta
+        return [(key, chosen.get(key)) for key in self.originals]
 
-    @staticmethod
-    def activate(assignments: list[SlotAssignment]) -> None:
-        """Puts each assignment's parameter in its slot (skipping slots already right)."""
-        for module, name, param in assignments:
-            if module._parameters[name] is not param:
-                module._parameters[name] = param
+    def activate(self, assignments: list[SlotAssignment]) -> None:
+        """Puts each assignment's parameter in its slot (skipping slots already right).
+
+        The object leaving a slot is kept as its owner's (the original or the
+        copy), whatever object an engine had put there meanwhile.
+
+        Raises:
+            RuntimeApplyError: A slot that must change holds a parameter a
+                sharding engine manages (nothing is changed then).
+        """
+        changing = [(key, want) for key, want in assignments if self.holder[key] != want]
+        for key, want in changing:
+            refuse_sharded_swap(self.modules[key]._parameters[key[1]], key, self.holder[key], want)
+        for key, want in changing:
+            module, name = self.modules[key], key[1]
+            self._keep(key, self.holder[key], module._parameters[name])
+            module._parameters[name] = self.originals[key] if want is None else self.copies[want][key]
+            self.holder[key] = want
+
+    def _keep(self, key: SlotKey, owner: str | None, param: nn.Parameter) -> None:
+        """Stores the object leaving slot ``key`` as its owner's (every tied slot of a copy shares it)."""
+        if owner is None:
+            self.originals[key] = param
+            return
+        copies = self.copies[owner]
+        old = copies[key]
+        for other, value in copies.items():  # a tied copy: the same object in each of its slots
+            if value is old:
+                copies[other] = param
 
     def restore(self) -> None:
         """Puts every original ``Parameter`` object back in its slot."""
-        for key, original in self.originals.items():
-            self.modules[key]._parameters[key[1]] = original
+        self.activate([(key, None) for key in self.originals])
+
+
+def refuse_sharded_swap(param: Any, key: SlotKey, now: str | None, want: str | None) -> None:
+    """Raises when ``param`` (in slot ``key``) is managed by a sharding engine.
+
+    Why: FSDP2 and FSDP1 keep their own record of every parameter they
+    shard and write it back into the slot at each forward; a tensor put
+    there by anyone else would be ignored or mixed with shards.
+    """
+    from adaptlang.runtime.shards import sharding_engine
+
+    engine = sharding_engine(param)
+    if engine is None:
+        return
+    who = (lambda d: "the original" if d is None else f"tune delta '{d}'")
+    raise RuntimeApplyError(Diagnostic(
+        f"'{key[0]}.{key[1]}' holds {who(now)}'s values, sharded by {engine}; this task needs {who(want)}'s "
+        "there, and a sharded model's parameter slots belong to the engine", obj=f"{key[0]}.{key[1]}",
+        hint="choose the task with use() before sharding (a tune delta is trained in the slot it occupies "
+             "then), or give each such task a model of its own",
+        notes=("tasks without tune deltas, or with the same ones, switch freely on a sharded model",)))
 
 
 def split_param_path(full: str) -> SlotKey:

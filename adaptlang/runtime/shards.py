@@ -1,0 +1,148 @@
+"""Sharded parameters: telling which engine holds a tensor, and gathering full values.
+
+Three kinds of sharded parameter reach adaptlang:
+
+* **FSDP2** (``torch.distributed.fsdp.fully_shard``): a ``DTensor``; its
+  full value is ``full_tensor()``, a collective every rank must join;
+* **FSDP1** with ``use_orig_params=True`` (what accelerate and the HF
+  ``Trainer`` use): the original ``Parameter`` object, re-pointed at a
+  1-D view of this rank's part of a flat parameter (``_fsdp_flattened``).
+  Rank ``i`` holds the slice ``[start_i, end_i)`` of the flattened
+  parameter, ranks in order and contiguous (``FlatParamHandle``: the flat
+  parameter is cut into equal consecutive chunks), so the full value is the
+  concatenation of every rank's slice, reshaped. Inside
+  ``summon_full_params`` each rank holds all of it instead;
+* **DeepSpeed ZeRO-3**: a parameter with ``ds_id``; refused (not gathered).
+
+:func:`gather_full` returns full CPU copies of a set of tensors; it is
+collective when any of them is sharded (every rank must call it with the
+same keys, in the same order), and checks every result's shape against the
+shape the delta was made with, so a gather that cannot give the full value
+is an error, never a wrong file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from adaptlang.errors import Diagnostic, RuntimeApplyError
+
+__all__ = ["FSDP1", "FSDP2", "ZERO3", "gather_full", "is_distributed", "sharding_engine", "refuse_if_sharded"]
+
+FSDP2 = "FSDP2 (fully_shard)"
+FSDP1 = "FSDP1 (FullyShardedDataParallel)"
+ZERO3 = "DeepSpeed ZeRO-3"
+
+
+def sharding_engine(tensor: Any) -> str | None:
+    """Returns which engine shards ``tensor`` (``FSDP2``, ``FSDP1``, ``ZERO3``), or None."""
+    if getattr(tensor, "_fsdp_flattened", False):
+        return FSDP1
+    if hasattr(tensor, "ds_id"):
+        return ZERO3
+    if _is_dtensor(tensor):
+        return FSDP2
+    return None
+
+
+def _is_dtensor(tensor: Any) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - a torch built without distributed
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def refuse_if_sharded(tensors: Any, what: str, hint: str) -> None:
+    """Raises a clear error when any of ``tensors`` is sharded.
+
+    Args:
+        tensors: Tensors to look at (an iterable).
+        what: What cannot be done (``"merge()"``), for the message.
+        hint: What to do instead.
+
+    Raises:
+        RuntimeApplyError: Naming the engine.
+    """
+    for tensor in tensors:
+        engine = sharding_engine(tensor)
+        if engine is not None:
+            raise RuntimeApplyError(Diagnostic(
+                f"{what} is not supported on a model sharded by {engine}: its parameters are shards, and the "
+                "engine owns them", hint=hint))
+
+
+def gather_full(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Returns a full, detached CPU copy of every tensor (module docstring).
+
+    Collective when any tensor is sharded by FSDP1 or FSDP2: every rank must
+    call it with the same keys in the same order (the sharding is the same on
+    every rank, so every rank takes the same path).
+
+    Args:
+        tensors: Name -> the tensor as the model holds it now.
+        shapes: Name -> its full shape.
+
+    Returns:
+        Name -> a new CPU tensor of that shape (never sharing the model's storage:
+        FSDP1 must be able to resize its own after ``summon_full_params``).
+
+    Raises:
+        RuntimeApplyError: A ZeRO-3 parameter, a sharded tensor outside a
+            process group, or a gathered value whose size is not the full shape's.
+    """
+    engines = {name: sharding_engine(t) for name, t in tensors.items()}
+    refuse_if_sharded([t for n, t in tensors.items() if engines[n] == ZERO3], "gathering delta values",
+                      "use FSDP2, FSDP1 (use_orig_params=True) or DDP; see the README, 'Training on several devices'")
+    flat_names = [n for n, e in engines.items() if e == FSDP1]
+    if any(engines.values()) and not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeApplyError(Diagnostic(
+            "the delta parameters are sharded but no process group is running",
+            hint="save from every rank, before destroy_process_group()"))
+    pieces = _gather_flat_pieces([tensors[n] for n in flat_names]) if flat_names else []
+    flat = dict(zip(flat_names, pieces))
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        shape = tuple(shapes[name])
+        if engines[name] == FSDP2:
+            full = tensor.full_tensor().detach().to("cpu", copy=True)
+        elif engines[name] == FSDP1:
+            full = _join_flat(flat[name], shape, name)
+        else:
+            full = tensor.detach().to("cpu", copy=True)
+        if tuple(full.shape) != shape:
+            raise RuntimeApplyError(Diagnostic(
+                f"gathering '{name}' gave shape {tuple(full.shape)}, not its full shape {shape}", obj=name,
+                hint="save outside any engine context that reshapes parameters"))
+        out[name] = full.contiguous()
+    return out
+
+
+def _gather_flat_pieces(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Every rank's local piece of each FSDP1 parameter: ``pieces[i][rank]`` (one collective)."""
+    local = [t.detach().reshape(-1).to("cpu", copy=True) for t in tensors]
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, local)
+    return [[everyone[rank][i] for rank in range(len(everyone))] for i in range(len(tensors))]
+
+
+def _join_flat(pieces: list[torch.Tensor], shape: tuple[int, ...], name: str) -> torch.Tensor:
+    """The full FSDP1 parameter from every rank's piece (each rank's slice, or each a full copy)."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    if all(p.numel() == numel for p in pieces):  # inside summon_full_params: every rank holds it all
+        return pieces[0].reshape(shape)
+    if sum(p.numel() for p in pieces) != numel:
+        raise RuntimeApplyError(Diagnostic(
+            f"the ranks' pieces of '{name}' hold {[p.numel() for p in pieces]} values, not {numel} in all",
+            obj=name))
+    return torch.cat(pieces).reshape(shape)
