@@ -18,6 +18,7 @@ from torch import nn
 from adaptlang.bundles.bundle import TASK_NAME, build_bundle, write_bundles
 from adaptlang.bundles.files import make_folder
 from adaptlang.bundles.manifest import Provenance, describe_structure, restrict_plan
+from adaptlang.bundles.ranks import on_rank_zero
 from adaptlang.errors import Diagnostic, UsageError, did_you_mean
 from adaptlang.runtime.adapted import Adapted
 from adaptlang.runtime.adapted import apply as runtime_apply
@@ -66,6 +67,19 @@ class BundleAdapted(Adapted):
             tensors.update({f"{delta}/{k}": b for k, b in self.delta_buffers(delta).items()})
         return tensors
 
+    def full_bundle_tensors(self, task: str) -> dict[str, torch.Tensor]:
+        """Returns :meth:`bundle_tensors` as full CPU copies, gathered when the model is sharded.
+
+        Collective on a model sharded by FSDP2 or FSDP1: every rank must call it
+        (:meth:`~adaptlang.runtime.adapted.Adapted.full_adapter_state_dict`).
+        """
+        tensors = self.full_adapter_state_dict(task)
+        for delta in self._config(task).deltas:
+            # Buffers (sparse positions) are never sharded: every rank holds them whole.
+            tensors.update({f"{delta}/{k}": b.detach().to("cpu", copy=True)
+                            for k, b in self.delta_buffers(delta).items()})
+        return tensors
+
     def save(self, folder: str | Path, tasks: Iterable[str] | None = None,
              dtype: torch.dtype | None = None) -> list[Path]:
         """Writes one self-describing bundle per task: ``folder/<task>.safetensors``.
@@ -74,6 +88,14 @@ class BundleAdapted(Adapted):
         only once all of them are written, so a failure leaves the previous
         files as they were. A merged model saves the same bundles as unmerged:
         bundles hold the delta parameters, never the (merged) base weights.
+
+        On a model sharded by FSDP2 or FSDP1 every rank must call ``save``
+        with the same arguments: the full values are gathered collectively,
+        rank 0 writes the files, and the other ranks wait for it and get its
+        outcome (rank 0's error is raised on every rank). Unsharded (one
+        process, DDP) it writes from the rank that calls it: under DDP every
+        rank holds the same values, so call it on rank 0 alone or on all
+        (the same bytes; each file is replaced atomically).
 
         Args:
             folder: Created if missing.
@@ -98,13 +120,25 @@ class BundleAdapted(Adapted):
                                             notes=(f"tasks: {', '.join(self.tasks)}",)))
             if not TASK_NAME.match(task):
                 raise UsageError(Diagnostic(f"task name '{task}' cannot be a file name", obj=task))
-        folder = make_folder(folder)
-        bundles = [
-            build_bundle(folder / f"{task}.safetensors", task, self.task_plan(task), self.bundle_tensors(task),
-                         self.provenance(task), self._structure, __version__, dtype)
-            for task in names
-        ]
-        return write_bundles(bundles)
+        folder = Path(folder)
+        if not self.sharded():
+            folder = make_folder(folder)
+            bundles = [
+                build_bundle(folder / f"{task}.safetensors", task, self.task_plan(task), self.bundle_tensors(task),
+                             self.provenance(task), self._structure, __version__, dtype)
+                for task in names
+            ]
+            return write_bundles(bundles)
+        tensors = {task: self.full_bundle_tensors(task) for task in names}  # collective: every rank gathers
+
+        def write() -> list[Path]:
+            where = make_folder(folder)
+            return write_bundles([
+                build_bundle(where / f"{task}.safetensors", task, self.task_plan(task), tensors[task],
+                             self.provenance(task), self._structure, __version__, dtype)
+                for task in names])
+
+        return on_rank_zero(write, [folder / f"{task}.safetensors" for task in names])
 
     def export_peft(self, folder: str | Path, task: str | None = None, base_model: str | None = None) -> Path:
         """Writes a task as a PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``).
@@ -125,9 +159,14 @@ class BundleAdapted(Adapted):
 
         self._check_live()
         task = task or self.active_task
-        tensors = {k: v.detach().to("cpu") for k, v in self.bundle_tensors(task).items()}
-        return export_peft_adapter(self.task_plan(task), task, tensors, Path(folder), structure=self._structure,
-                                   base_model=base_model)
+        if not self.sharded():
+            tensors = {k: v.detach().to("cpu") for k, v in self.bundle_tensors(task).items()}
+            return export_peft_adapter(self.task_plan(task), task, tensors, Path(folder),
+                                       structure=self._structure, base_model=base_model)
+        full = self.full_bundle_tensors(task)  # collective, as save()
+        return on_rank_zero(lambda: export_peft_adapter(self.task_plan(task), task, full, Path(folder),
+                                                        structure=self._structure, base_model=base_model),
+                            Path(folder))
 
 
 def _spec_of(spec_or_plan: Any, overrides: dict[str, float] | None) -> Any:

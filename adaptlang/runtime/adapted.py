@@ -28,7 +28,7 @@ from adaptlang.runtime.concurrency import CallGate, changes_model
 from adaptlang.runtime.copying import attach_handle, deepcopy_handle, handle_of, shallow_copy_error
 from adaptlang.runtime.adapted_merge import MergeMethods, tied_parameter_ids
 from adaptlang.runtime.mixed import run_mixed, run_plain
-from adaptlang.runtime.shards import gather_full
+from adaptlang.runtime.shards import gather_full, sharding_engine
 from adaptlang.runtime.transaction import Patch, TaskConfig, check_not_adapted, patch_model
 
 __all__ = ["Adapted", "apply", "tied_parameter_ids"]
@@ -162,6 +162,20 @@ class Adapted(MergeMethods):
             RuntimeApplyError: Unknown delta.
         """
         return {key: ref.get() for key, ref in self._delta_refs(delta).items()}
+
+    def sharded(self) -> str | None:
+        """Returns the engine that shards the delta parameters (FSDP2, FSDP1, ZeRO-3), or None.
+
+        The same on every rank of a sharded model, so callers may branch on it
+        before a collective (``save``).
+        """
+        self._check_live()
+        for refs in self._patch.delta_params.values():
+            for ref in refs.values():
+                engine = sharding_engine(ref.get())
+                if engine is not None:
+                    return engine
+        return None
 
     def _delta_refs(self, delta: str) -> dict[str, Any]:
         """A delta's parameter references (:mod:`adaptlang.runtime.refs`), or raises for an unknown delta."""
