@@ -27,8 +27,9 @@ from adaptlang.runtime.binding import bind_plan
 from adaptlang.runtime.concurrency import CallGate, changes_model
 from adaptlang.runtime.copying import attach_handle, deepcopy_handle, handle_of, shallow_copy_error
 from adaptlang.runtime.adapted_merge import MergeMethods, tied_parameter_ids
+from adaptlang.runtime.engines import wrap_ddp
 from adaptlang.runtime.mixed import run_mixed, run_plain
-from adaptlang.runtime.shards import gather_full, sharding_engine
+from adaptlang.runtime.shards import gather_full, refuse_if_sharded, sharding_engine
 from adaptlang.runtime.transaction import Patch, TaskConfig, check_not_adapted, patch_model
 
 __all__ = ["Adapted", "apply", "tied_parameter_ids"]
@@ -67,6 +68,7 @@ class Adapted(MergeMethods):
         self._patch = patch
         self._active: str | None = None
         self._trainable_now: list[Any] = []  # the active task's trainable references (runtime.refs)
+        self._trainable_epoch = 0  # bumped whenever the trainable set changes (runtime.engines)
         self._merged = False
         self._merged_paths: list[str] = []
         self._merge_report: dict[str, Any] = {}
@@ -123,6 +125,7 @@ class Adapted(MergeMethods):
                     ref.get().requires_grad_(False)
             for ref in new:
                 ref.get().requires_grad_(True)
+            self._trainable_epoch += 1  # engines built on the old set (a DDP wrapper) are stale now
         self._trainable_now = new
         self._active = task
         return TaskSwitch(self, previous if previous is not None else task)
@@ -176,6 +179,15 @@ class Adapted(MergeMethods):
                 if engine is not None:
                     return engine
         return None
+
+    def wrap_ddp(self, **ddp_kwargs: Any) -> nn.Module:
+        """Returns ``DistributedDataParallel(self.model, **ddp_kwargs)`` for the active task.
+
+        After a ``use()`` that changes which parameters train, the wrapper
+        refuses to run (DDP fixed its parameter list when built): wrap again.
+        See :mod:`adaptlang.runtime.engines`.
+        """
+        return wrap_ddp(self, **ddp_kwargs)
 
     def _delta_refs(self, delta: str) -> dict[str, Any]:
         """A delta's parameter references (:mod:`adaptlang.runtime.refs`), or raises for an unknown delta."""
@@ -331,6 +343,9 @@ class Adapted(MergeMethods):
             The model.
         """
         self._check_live()
+        refuse_if_sharded(self.model.parameters(), "remove()",
+                          "save() the bundles; the base model is the one you sharded, without them: load its "
+                          "checkpoint again, unsharded, to get it back")
         if self._merged:
             self.unmerge()
         self._patch.undo_all(removing=True)
@@ -387,10 +402,14 @@ class Adapted(MergeMethods):
 
 
 def activate_config(config: TaskConfig, patch: Patch) -> None:
-    """Sets every site, parameter slot and the prompt as ``config`` says."""
+    """Sets every parameter slot, site and the prompt as ``config`` says.
+
+    The slots go first: that step may refuse (a sharded slot,
+    :meth:`~adaptlang.runtime.tune.TuneSlots.activate`), and then nothing has changed.
+    """
+    patch.tune.activate(config.tune)
     for site, active in config.sites:
         site.set_active(active)
-    patch.tune.activate(config.tune)
     patch.prompts.set_active(config.prompt)
 
 
