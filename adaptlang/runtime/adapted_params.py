@@ -66,6 +66,36 @@ class ParameterMethods:
                     return engine
         return None
 
+    @changes_model("init_deltas")
+    def init_deltas(self, tokenizer: Any = None) -> dict[str, int]:
+        """Gives every delta parameter the initial value ``apply`` would have given on the real model.
+
+        For a model applied on the meta device, then sharded (FSDP2), moved
+        with ``model.to_empty(device=...)`` and loaded with its base weights:
+        the values equal, bit for bit, those of ``apply(real_model, spec,
+        seed=<apply's seed>)``, the same on every rank and for any world size.
+        DoRA magnitudes, prompts from ``vocab``/``text`` and ``tune`` copies
+        read the loaded base values (gathered: a collective, so every rank must
+        call this). See :mod:`adaptlang.runtime.init_values`.
+
+        Args:
+            tokenizer: For prompts initialised from text (the one given to ``apply``).
+
+        Returns:
+            Delta -> the number of values written (full sizes).
+
+        Raises:
+            RuntimeApplyError: Merged; a tensor still on the meta device; one
+                sharded by FSDP1 or ZeRO-3 (initialise before wrapping); a text
+                prompt without a tokenizer; a prompt on a non-plain embedding.
+        """
+        from adaptlang.runtime.init_values import init_deltas
+
+        self._check_live()
+        if self._merged:
+            raise RuntimeApplyError(Diagnostic("init_deltas() on a merged model", hint="unmerge() first"))
+        return init_deltas(self._patch, self.plan.to_dict(), tokenizer)
+
     def wrap_ddp(self, **ddp_kwargs: Any) -> nn.Module:
         """Returns ``DistributedDataParallel(self.model, **ddp_kwargs)`` for the active task.
 

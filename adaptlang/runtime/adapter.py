@@ -128,8 +128,11 @@ def map_main_output(output: Any, fn: Any) -> Any:
     raise RuntimeApplyError(f"cannot adapt a module output of type {type(output).__name__}")
 
 
-def build_adapter_part(base: nn.Module, site: dict[str, Any], generator: torch.Generator | None) -> AdapterPart:
+def build_adapter_part(base: nn.Module, site: dict[str, Any], generator: torch.Generator | None,
+                       device: Any = None) -> AdapterPart:
     """Creates the adapter a plan site describes (``placement``, ``dim``, ``size``, ``act``, ...).
+
+    ``device``: where to create it (default: the base's device).
 
     Raises:
         RuntimeApplyError: No width, or a parallel adapter on a layer whose input and output widths differ.
@@ -148,5 +151,5 @@ def build_adapter_part(base: nn.Module, site: dict[str, Any], generator: torch.G
     return AdapterPart(
         int(dim), int(site["size"]), placement=placement, act=site.get("act", "relu"),
         dropout=float(site.get("dropout", 0.0)), scale=float(site.get("scale", 1.0)),
-        residual=bool(site.get("residual", True)), generator=generator, device=module_device(base),
-        dtype=adapter_dtype(module_dtype(base)))
+        residual=bool(site.get("residual", True)), generator=generator,
+        device=module_device(base) if device is None else device, dtype=adapter_dtype(module_dtype(base)))

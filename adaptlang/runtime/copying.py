@@ -178,14 +178,31 @@ class OutsideTensors(nn.Module):
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> "OutsideTensors":
         with torch.no_grad():
             for tensor in list(outside_tensors(self.patch)):
-                tensor.data = fn(tensor)
+                _convert(tensor, fn)
                 if tensor.grad is not None:
-                    tensor.grad.data = fn(tensor.grad)
+                    _convert(tensor.grad, fn)
         return self
 
     def forward(self, *args: Any, **kwargs: Any) -> None:
         """Never called: this module only carries conversions."""
         raise NotImplementedError("adaptlang_outside is not a layer")
+
+
+def _convert(tensor: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Converts ``tensor`` in place, keeping the object (its holders are the patch's tables).
+
+    ``.data =`` where the types allow it, as ``nn.Module._apply`` does; a
+    meta tensor becoming a real one (``model.to_empty(device=...)`` after a
+    meta-device ``apply``) does not allow it, and ``nn.Module`` would make a
+    new object there: the contents are swapped into the same object instead.
+    """
+    converted = fn(tensor)
+    if torch._has_compatible_shallow_copy_type(tensor, converted):
+        tensor.data = converted
+        return
+    if isinstance(tensor, nn.Parameter):
+        converted = nn.Parameter(converted, requires_grad=tensor.requires_grad)
+    torch.utils.swap_tensors(tensor, converted)
 
 
 def attach_outside(patch: Any) -> bool:

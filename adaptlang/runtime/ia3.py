@@ -74,12 +74,13 @@ def combined_factor(entries: list[tuple[IA3Part, float]]) -> torch.Tensor:
     return factor
 
 
-def build_ia3_part(base: nn.Module, site: dict[str, Any]) -> IA3Part:
+def build_ia3_part(base: nn.Module, site: dict[str, Any], device: Any = None) -> IA3Part:
     """Creates the IA3 part a plan site describes.
 
     Args:
         base: The original module.
         site: The plan site (``feedforward``, ``init``, ``in_features``, ``out_features``).
+        device: Where to create the part (default: the base's device).
 
     Raises:
         RuntimeApplyError: No width known for the scaled side, or input scaling on an Embedding.
@@ -99,4 +100,5 @@ def build_ia3_part(base: nn.Module, site: dict[str, Any]) -> IA3Part:
     if features is None:
         raise RuntimeApplyError(f"IA3 needs the {key} of this {type(base).__name__}; the plan gives none")
     return IA3Part(int(features), feedforward=feedforward, init=site.get("init", "ones"),
-                   device=module_device(base), dtype=adapter_dtype(module_dtype(base)))
+                   device=module_device(base) if device is None else device,
+                   dtype=adapter_dtype(module_dtype(base)))

@@ -195,7 +195,7 @@ class LoRAPart(nn.Module):
 
 
 def build_lora_part(base: nn.Module, site: dict[str, Any], generator: torch.Generator | None,
-                    weight_oi: torch.Tensor | None = None) -> LoRAPart:
+                    weight_oi: torch.Tensor | None = None, device: Any = None) -> LoRAPart:
     """Creates the LoRA part a plan site describes, on the base module's device.
 
     Args:
@@ -204,6 +204,8 @@ def build_lora_part(base: nn.Module, site: dict[str, Any], generator: torch.Gene
             ``in_features``, ``out_features``).
         generator: Seeds the initial values.
         weight_oi: The base weight in use, (out, in) (DoRA's magnitude starts at its row norm).
+        device: Where to create the part (default: the base's device); ``init_deltas``
+            builds a CPU twin of a part whose base is sharded or was on the meta device.
 
     Raises:
         RuntimeApplyError: A layer LoRA cannot act on, or features that differ from the plan's.
@@ -213,7 +215,8 @@ def build_lora_part(base: nn.Module, site: dict[str, Any], generator: torch.Gene
     part = LoRAPart(
         layer, int(site.get("rank", 8)), site.get("alpha"), dropout=float(site.get("dropout", 0.0)),
         init=site.get("init", "kaiming"), variant=site.get("variant", "lora"), bias=bool(site.get("bias", False)),
-        generator=generator, device=module_device(base), dtype=adapter_dtype(module_dtype(base)))
+        generator=generator, device=module_device(base) if device is None else device,
+        dtype=adapter_dtype(module_dtype(base)))
     if part.dora:
         if not filling_values():  # loaded right after: an empty magnitude of the right shape will do
             part.magnitude = nn.Parameter(torch.empty_like(part.lora_B[:, 0]))

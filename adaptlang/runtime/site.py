@@ -57,7 +57,7 @@ from adaptlang.runtime.merging import MERGEABLE_KINDS, check_keep, merge_parts, 
 from adaptlang.runtime.program import BASE_ONLY, LORA_ONLY, Program, output_is_private
 from adaptlang.runtime.quant import QuantizedWeight
 from adaptlang.runtime.sparse import build_sparse_part
-from adaptlang.runtime.state_keys import put_base_keys_back, route_base_keys
+from adaptlang.runtime.state_keys import fqn_modifiers, put_base_keys_back, route_base_keys
 
 __all__ = ["PART_KINDS", "SiteModule"]
 
@@ -359,6 +359,10 @@ class SiteModule(SiteActivity, nn.Module):
         self._programs.clear()
         self._rebuild()
         return {"bytes_before": before, "bytes_after": quant.nbytes()}
+
+    def _fqn_modifiers(self) -> dict[str, str]:
+        """The base's key names for ``torch.distributed.checkpoint`` (:func:`~adaptlang.runtime.state_keys.fqn_modifiers`)."""
+        return fqn_modifiers(self._modules["base"])
 
     # ------------------------------------------------------- passthrough
     def __getattr__(self, name: str) -> Any:

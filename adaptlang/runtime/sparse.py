@@ -122,8 +122,17 @@ def build_sparse_part(site: dict[str, Any], tensor: torch.Tensor, generator: tor
         generator: Used for ``random`` when the site has no ``seed``.
 
     Raises:
-        RuntimeApplyError: A shape that differs from the plan's, or an unknown selection.
+        RuntimeApplyError: A shape that differs from the plan's, an unknown selection, or a
+            parameter on the meta device (no values to choose from).
     """
+    if tensor.is_meta:
+        # magnitude reads |W|. random needs only the shape, but its positions would sit in a meta
+        # buffer that to_empty() leaves unset and no checkpoint holds: one rule for both.
+        raise RuntimeApplyError(Diagnostic(
+            f"sparse deltas choose their entries from the values of '{site.get('param', 'weight')}', and a model "
+            "on the meta device has none", obj=site.get("path"),
+            hint="apply sparse deltas to a model with its weights loaded (before sharding it); the meta-device "
+                 "recipe (README, 'Training on several devices') supports lora, ia3, adapter, prompt and tune"))
     shape = tuple(tensor.shape)
     if "shape" in site and tuple(site["shape"]) != shape:
         raise RuntimeApplyError(

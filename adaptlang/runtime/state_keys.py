@@ -5,6 +5,14 @@ these hooks rename them to ``{prefix}`` in ``state_dict()`` and back in
 ``load_state_dict()``, so checkpoints of the original model (and HF
 ``save_pretrained`` output) keep working in both directions. The parts add
 ``{prefix}parts.{delta}.{name}``; a quantized weight is ``{prefix}quant.*``.
+
+``torch.distributed.checkpoint.state_dict`` (``get_model_state_dict``,
+``set_model_state_dict``: the way to load a full checkpoint into an FSDP2
+model) does not run these hooks to name tensors: it walks the module tree
+and asks each module's ``_fqn_modifiers()`` which children its keys skip.
+:func:`fqn_modifiers` gives it the same renaming; without it the base
+tensors' names would not match the checkpoint's and, with ``strict=False``,
+they would silently keep no value on ranks other than 0.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["put_base_keys_back", "route_base_keys"]
+__all__ = ["fqn_modifiers", "put_base_keys_back", "route_base_keys"]
 
 
 def put_base_keys_back(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
@@ -55,3 +63,15 @@ def route_base_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, 
             state_dict.update({f"{prefix}quant.{n}": b for n, b in quant._buffers.items()})
             continue
         state_dict[prefix + "base." + rest] = value
+
+
+def fqn_modifiers(base: nn.Module) -> dict[str, str]:
+    """``SiteModule._fqn_modifiers()``: each first key segment of the base -> ``"base"``, the child it lives in.
+
+    The contract of ``torch.distributed.checkpoint.state_dict``: for a key
+    segment ``name`` under this module, ``modifiers[name]`` is the child to
+    step into first; every child named among the values is left out of the
+    keys (as :func:`put_base_keys_back` leaves out ``base.``).
+    """
+    names = [*base._parameters, *base._buffers, *base._modules]
+    return {name: "base" for name in names}

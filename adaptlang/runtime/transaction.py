@@ -164,6 +164,10 @@ class Patch:
         base_ties: ``id()`` -> paths of each base parameter held in several slots,
             read before patching; None when the plan re-trains no parameter
             (then nothing ours ever swaps a tied slot).
+        seed: The seed ``apply`` drew initial values from (``init_deltas`` draws them again).
+        values_pending: True when ``apply`` met parameters on the meta device: delta values,
+            and base tensors kept outside the module tree (tune originals), wait for
+            ``init_deltas`` (:mod:`adaptlang.runtime.init_values`).
     """
 
     model: nn.Module
@@ -177,6 +181,8 @@ class Patch:
     quant_report: list[dict[str, Any]] = field(default_factory=list)
     site_snapshots: dict[str, ModuleSnapshot] = field(default_factory=dict)
     base_ties: dict[int, list[str]] | None = None
+    seed: int = 0
+    values_pending: bool = False
 
     def undo_all(self, removing: bool = True) -> None:
         """Takes every patch off (see :meth:`Transaction.rollback`).
@@ -361,10 +367,11 @@ def collection_paused() -> Iterator[None]:
 
 def _patch(model: nn.Module, plan_dict: dict[str, Any], tokenizer: Any, seed: int, keep_base: bool) -> Patch:
     """:func:`patch_model`'s body."""
-    patch = Patch(model=model, prompts=PromptController(model), tune=TuneSlots(model), tx=Transaction())
+    patch = Patch(model=model, prompts=PromptController(model), tune=TuneSlots(model), tx=Transaction(), seed=seed)
     # Only plans that re-train parameters pay for this walk (applying a LoRA plan stays as fast as it was).
     patch.base_ties = find_tied_paths(model) if _has_param_sites(plan_dict) else None
     flags = snapshot_flags(model)
+    patch.values_pending = any(p.is_meta for p, _ in flags.flags)
     patch.tx.on_undo(RestoreFlags(flags))
     try:
         for p, _ in flags.flags:
