@@ -83,7 +83,7 @@ def main(steps: int, out: str | None) -> None:
     say = print if rank == 0 else (lambda *args: None)
 
     # Rank 0 writes the checkpoint (in --out, or a temporary folder); every rank learns where.
-    where = [out or tempfile.mkdtemp(prefix="adaptlang_fsdp_") if rank == 0 else None]
+    where = [(out or tempfile.mkdtemp(prefix="adaptlang_fsdp_")) if rank == 0 else None]
     dist.broadcast_object_list(where)
     folder = Path(where[0])
     if rank == 0:
@@ -103,7 +103,8 @@ def main(steps: int, out: str | None) -> None:
     model.to_empty(device=device)
 
     # 5. Rank 0 reads the files; set_model_state_dict sends each rank its shards. strict=False: the
-    #    checkpoint has no delta tensors (the adapted model keeps the base's own key names).
+    #    checkpoint has no delta tensors (the adapted model keeps the base's own key names). It fills
+    #    the dict it is given with its own tensors: pass a copy, the check below reads the checkpoint.
     checkpoint = read_checkpoint(folder / "base") if rank == 0 else {}
     set_model_state_dict(model, dict(checkpoint), options=StateDictOptions(
         full_state_dict=True, broadcast_from_rank0=True, strict=False))

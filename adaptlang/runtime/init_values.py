@@ -103,6 +103,11 @@ def init_deltas(patch: Any, plan_dict: dict[str, Any], tokenizer: Any = None) ->
 # ------------------------------------------------------------------ checks
 def _check(patch: Any, plan_dict: dict[str, Any], tokenizer: Any) -> None:
     """Refuses what cannot be initialised, before any collective (module docstring)."""
+    tune = patch.tune
+    for key, original in tune.originals.items():  # outside the tree: to_empty() must have reached them too
+        name = f"{key[0]}.{key[1]}"
+        for tensor in [original, *(copies[key] for copies in tune.copies.values() if key in copies)]:
+            _check_tensor(tensor, name, name)
     for delta, info in plan_dict["deltas"].items():
         for key, ref in patch.delta_params[delta].items():
             _check_tensor(ref.get(), f"{delta}/{key}", delta)

@@ -165,9 +165,8 @@ class Patch:
             read before patching; None when the plan re-trains no parameter
             (then nothing ours ever swaps a tied slot).
         seed: The seed ``apply`` drew initial values from (``init_deltas`` draws them again).
-        values_pending: True when ``apply`` met parameters on the meta device: delta values,
-            and base tensors kept outside the module tree (tune originals), wait for
-            ``init_deltas`` (:mod:`adaptlang.runtime.init_values`).
+        values_pending: ``apply`` met meta tensors: delta values and tune tensors outside the
+            tree wait for ``init_deltas`` (:mod:`adaptlang.runtime.init_values`).
     """
 
     model: nn.Module

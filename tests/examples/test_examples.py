@@ -30,7 +30,7 @@ def run_example(name: str, *args: str, cwd: Path) -> str:
 
 def test_every_example_is_covered():
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == ["stack_tasks.py", "switch_tasks.py",
-                                                             "train_one_task.py"]
+                                                             "train_fsdp.py", "train_one_task.py"]
 
 
 def test_train_one_task(tmp_path):
@@ -64,7 +64,25 @@ def test_stack_tasks(tmp_path):
     assert rows["plus_one"][1] < rows["plus_one"][2] and rows["plus_two"][2] < rows["plus_two"][1]
 
 
-@pytest.mark.parametrize("name", ["train_one_task.py", "switch_tasks.py", "stack_tasks.py"])
+def test_train_fsdp(tmp_path):
+    # Two processes, as the README's command (torchrun is torch.distributed.run); --standalone: a free port.
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(EXAMPLES / "train_fsdp.py"), "--steps", "10", "--out", str(tmp_path / "run")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"train_fsdp.py exited {done.returncode}:\n{done.stdout}\n{done.stderr[-4000:]}"
+    out = done.stdout
+    assert "every base weight loaded: True" in out
+    shares = re.findall(r"rank (\d) holds ([\d,]+) of the base's ([\d,]+) bytes \((\d+\.\d)%\)", out)
+    assert [r for r, *_ in shares] == ["0", "1"] and all(pct == "50.0" for *_, pct in shares)
+    losses = [float(x) for x in re.findall(r"loss (\d+\.\d+)", out)]
+    assert len(losses) >= 2 and losses[-1] < losses[0]
+    difference = float(re.search(r"max \|difference\| from the sharded model (\S+)", out).group(1))
+    assert difference <= 1e-6
+    assert (tmp_path / "run" / "bundles" / "default.safetensors").is_file()  # --out keeps the files
+
+
+@pytest.mark.parametrize("name", ["train_one_task.py", "switch_tasks.py", "stack_tasks.py", "train_fsdp.py"])
 def test_examples_use_only_the_public_api(name):
     source = (EXAMPLES / name).read_text()
     imports = set(re.findall(r"^(?:from|import) (adaptlang[\w.]*)", source, re.M))

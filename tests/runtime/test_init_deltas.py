@@ -200,3 +200,13 @@ def test_refused_while_merged(rt):
     adapted.merge()
     with pytest.raises(RuntimeApplyError, match="merged"):
         adapted.init_deltas()
+
+
+def test_tune_tensors_left_on_meta_are_refused(rt):
+    # load_state_dict(assign=True) fills the slots (here: the copy) but not the original kept outside the tree.
+    real = rt.tiny_llama()
+    model = meta_twin(real)
+    adapted = adaptlang.apply(model, "adaptlang 1\ntune a { params lm_head.weight }\n")
+    model.load_state_dict(real.state_dict(), strict=False, assign=True)
+    with pytest.raises(RuntimeApplyError, match="still on the meta device"):
+        adapted.init_deltas()
