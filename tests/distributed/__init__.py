@@ -1,0 +1,1 @@
+"""Multi-process tests: several ranks launched with ``torch.distributed.run`` (CPU, gloo)."""
