@@ -15,6 +15,7 @@ from torch import nn
 from adaptlang.errors import RuntimeApplyError
 from adaptlang.runtime.concurrency import changes_model
 from adaptlang.runtime.merging import check_keep, merge_refusal
+from adaptlang.runtime.shards import refuse_if_sharded
 
 __all__ = ["MergeMethods", "tied_parameter_ids"]
 
@@ -64,6 +65,8 @@ class MergeMethods:
         check_keep(keep)
         if self._merged:
             return copy.deepcopy(self._merge_report)
+        refuse_if_sharded(self.model.parameters(), "merge()",
+                          "save() the bundles, load them onto an unsharded model (adaptlang.load), and merge there")
         report: dict[str, Any] = {"merged": [], "not_merged": {}, "keep": keep, "kept_bytes": 0}
         tied = tied_parameter_ids(self.model)
         if self._patch.base_ties is not None:
@@ -112,6 +115,8 @@ class MergeMethods:
         self._check_live()
         if not self._merged:
             return
+        refuse_if_sharded(self.model.parameters(), "unmerge()",
+                          "unmerge before sharding: the merged weights were sharded as they are")
         for path in reversed(self._merged_paths):
             self._patch.sites[path].unmerge()
         self._merged = False

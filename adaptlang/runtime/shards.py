@@ -30,7 +30,10 @@ import torch.distributed as dist
 
 from adaptlang.errors import Diagnostic, RuntimeApplyError
 
-__all__ = ["FSDP1", "FSDP2", "ZERO3", "gather_full", "is_distributed", "sharding_engine", "refuse_if_sharded"]
+__all__ = [
+    "FSDP1", "FSDP2", "ZERO3", "check_not_wrapped", "gather_full", "is_distributed", "sharding_engine",
+    "refuse_if_sharded",
+]
 
 FSDP2 = "FSDP2 (fully_shard)"
 FSDP1 = "FSDP1 (FullyShardedDataParallel)"
@@ -78,6 +81,32 @@ def refuse_if_sharded(tensors: Any, what: str, hint: str) -> None:
             raise RuntimeApplyError(Diagnostic(
                 f"{what} is not supported on a model sharded by {engine}: its parameters are shards, and the "
                 "engine owns them", hint=hint))
+
+
+def check_not_wrapped(model: Any) -> None:
+    """Refuses a model an engine already sharded or wrapped (``apply`` comes first).
+
+    Why: deltas added afterwards would be plain tensors the engine does not
+    know: replicated on every rank, their gradients never averaged (each rank
+    would train its own copy, without an error).
+
+    Raises:
+        RuntimeApplyError: A sharded parameter, or a DDP wrapper, naming the engine.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        raise RuntimeApplyError(Diagnostic(
+            "this model is wrapped in DistributedDataParallel, which fixed its parameters when it was built",
+            obj=type(model).__name__, hint="apply to the model first, then wrap it: adapted.wrap_ddp()"))
+    for tensor in model.parameters():
+        engine = sharding_engine(tensor)
+        if engine is not None:
+            raise RuntimeApplyError(Diagnostic(
+                f"this model is already sharded by {engine}; deltas added now would not be sharded, nor their "
+                "gradients averaged across ranks", obj=type(model).__name__,
+                hint="apply first, then shard (on the meta device for a large model: see the README, "
+                     "'Training on several devices')"))
 
 
 def gather_full(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
