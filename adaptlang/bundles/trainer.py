@@ -107,11 +107,31 @@ class BundleCallback(TrainerCallback):
         self.tasks = None if tasks is None else list(tasks)
         self.dtype = dtype
         self.saved: list[Path] = []
+        # The handle's trainable set (Adapted._trainable_epoch) the Trainer's optimizer was built for;
+        # None until a train() begins.
+        self._epoch: int | None = None
+        self._task: str | None = None
 
     # ------------------------------------------------------------- events
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """A new Trainer: it builds its optimizer (and DDP wrapper) for whichever task is active then."""
+        self._epoch = None
+
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        """Finds or checks the handle against the model the Trainer trains, before any step runs."""
-        self._handle(model)
+        """Finds or checks the handle against the model the Trainer trains, before any step runs.
+
+        Raises:
+            UsageError: A handle of another model; or ``use()`` changed which
+                parameters train since this Trainer's last ``train()``.
+        """
+        adapted = self._handle(model)
+        if self._epoch is not None:
+            self._check_task(adapted)
+        self._epoch, self._task = adapted._trainable_epoch, adapted.active_task
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Refuses to go on after ``use()`` changed which parameters train (see :meth:`_check_task`)."""
+        self._check_task(self.adapted)
 
     def on_save(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         """Writes the bundles of checkpoint ``state.global_step``."""
@@ -147,6 +167,23 @@ class BundleCallback(TrainerCallback):
                 notes=(f"trained: {type(inner).__name__} at {id(inner):#x}; "
                        f"handle's: {type(self.adapted.model).__name__} at {id(self.adapted.model):#x}",)))
         return self.adapted
+
+    def _check_task(self, adapted: Any) -> None:
+        """Raises when the trainable set differs from the one the Trainer's optimizer was built with.
+
+        Why: the ``Trainer`` builds its optimizer once (and under DDP its
+        wrapper, which fixes the parameters it averages); after a ``use()``
+        that changes which parameters train, the new task's parameters get
+        gradients that no optimizer applies (or that DDP never averages):
+        training would run on and change nothing, silently.
+        """
+        if adapted._trainable_epoch != self._epoch:
+            raise UsageError(Diagnostic(
+                f"use() switched from task '{self._task}' to '{adapted.active_task}' after this Trainer built its "
+                f"optimizer for '{self._task}'", obj="BundleCallback",
+                hint="build a new Trainer after use(): its optimizer (and DDP wrapper) then hold the new task's "
+                     "parameters",
+                notes=("the Trainer creates its optimizer once, from the parameters that required grad then",)))
 
     def _save(self, folder: Path, model: Any) -> None:
         """Saves the bundles; every rank must get here (the Trainer calls its callbacks on every rank)."""

@@ -49,12 +49,12 @@ class Rows(torch.utils.data.Dataset):
 
 
 def trainer_for(model, out, callback, steps: int = 3, save_strategy: str = "steps",
-                cls: type[Trainer] = Trainer) -> Trainer:
+                cls: type[Trainer] = Trainer, before: tuple = ()) -> Trainer:
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=4, max_steps=steps, learning_rate=1e-2,
                              optim="sgd", report_to=[], use_cpu=True, save_strategy=save_strategy, save_steps=2,
                              logging_strategy="no", disable_tqdm=True, seed=0)
     return cls(model=model, args=args, train_dataset=Rows(), data_collator=default_data_collator,
-               callbacks=[callback])
+               callbacks=[*before, callback])
 
 
 def assert_bundle_holds(path, adapted, task: str) -> None:
@@ -120,6 +120,36 @@ def test_refuses_a_handle_of_another_model_before_training(bt, tmp_path):
     # Refused at on_train_begin: not one step ran, nothing was written.
     assert all(torch.equal(v, before[k]) for k, v in adaptlang.handle(trained).bundle_tensors("a").items())
     assert not list(tmp_path.glob("**/*.safetensors"))
+
+
+def test_a_task_switch_after_the_optimizer_was_built_is_refused(bt, tmp_path):
+    model = bt.tiny()
+    adapted = adaptlang.apply(model, SPEC, task="a")
+    callback = BundleCallback(adapted)
+    trainer = trainer_for(model, tmp_path / "first", callback, steps=1, save_strategy="no")
+    trainer.train()
+    adapted.use("b")
+    b_before = {k: v.clone() for k, v in adapted.bundle_tensors("b").items()}
+    # The same Trainer again: its optimizer holds task a's parameters, so b would silently not train.
+    with pytest.raises(UsageError, match="switched from task 'a' to 'b'"):
+        trainer.train()
+    # A new Trainer builds its optimizer for b: b trains, and its bundle says so.
+    trainer_for(model, tmp_path / "second", callback, steps=1, save_strategy="no").train()
+    saved = load_file(str(tmp_path / "second" / "adaptlang" / "b.safetensors"))
+    assert any(not torch.equal(saved[k], v) for k, v in b_before.items())
+
+
+def test_a_task_switch_during_training_stops_it(bt, tmp_path):
+    from transformers import TrainerCallback
+
+    class SwitchAfterFirstStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            adapted.use("b")
+
+    model = bt.tiny()
+    adapted = adaptlang.apply(model, SPEC, task="a")
+    with pytest.raises(UsageError, match="after this Trainer built its optimizer"):
+        trainer_for(model, tmp_path, BundleCallback(adapted), before=(SwitchAfterFirstStep(),)).train()
 
 
 def test_unwraps_engine_wrappers_and_nothing_else(bt):
