@@ -88,6 +88,11 @@ class BundleCallback(TrainerCallback):
     files when ``output_dir`` is the Trainer's); the end of training writes
     ``{output_dir}/adaptlang/<task>.safetensors``, which no rotation removes.
 
+    It also refuses a ``use()`` that changed which parameters train after
+    the Trainer built its optimizer (:meth:`_check_task`). Pass it to the
+    Trainer's constructor (``callbacks=[...]``): a new Trainer then starts
+    afresh, even with the same callback object.
+
     Args:
         adapted: The handle ``adaptlang.apply`` or ``adaptlang.load`` returned
             for the model given to the ``Trainer``. None: found from the
