@@ -156,6 +156,19 @@ class TuneSlots:
             module._parameters[name] = self.originals[key] if want is None else self.copies[want][key]
             self.holder[key] = want
 
+    def reset(self, assignments: list[SlotAssignment]) -> None:
+        """Puts each assignment's kept object in its slot, whatever the slot and ``holder`` say now.
+
+        For a copy of a model taken while a call had other copies in the slots
+        (:func:`~adaptlang.runtime.copying.deepcopy_handle`): the slots and
+        ``holder`` may have been copied at different moments, so neither is
+        trusted; the kept objects are (no engine touches a copy being made).
+        """
+        for key, want in assignments:
+            module, name = self.modules[key], key[1]
+            module._parameters[name] = self.originals[key] if want is None else self.copies[want][key]
+            self.holder[key] = want
+
     def _keep(self, key: SlotKey, owner: str | None, param: nn.Parameter) -> None:
         """Stores the object leaving slot ``key`` as its owner's (every tied slot of a copy shares it)."""
         if owner is None:
