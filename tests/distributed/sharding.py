@@ -22,6 +22,8 @@ ROWS, LENGTH, VOCAB = 4, 8, 64
 #: One spec per delta kind (LoRA's variants, bias and a quantized base included); each has one task ``t``.
 KINDS = {
     "lora": "lora a {\n on layers[*].self_attn.{q_proj, v_proj}\n rank 4\n}\n",
+    "lora_stacked": ("lora a {\n on layers[*].self_attn.{q_proj, v_proj}\n rank 4\n}\n"
+                     "lora b {\n on layers[*].self_attn.{q_proj, v_proj}\n rank 2\n alpha 8\n}\n"),
     "rslora_bias": "lora a {\n on layers[*].mlp.** is Linear\n rank 4\n variant rslora\n bias true\n}\n",
     "dora": "lora a {\n on layers[*].self_attn.*_proj\n rank 4\n variant dora\n}\n",
     "ia3": "ia3 a {\n on layers[*].{self_attn.k_proj, mlp.down_proj}\n feedforward true for mlp.down_proj\n}\n",
@@ -35,8 +37,9 @@ KINDS = {
 
 
 def spec_of(kind: str) -> str:
-    """The full spec text for one kind: the header, the delta, one task ``t``."""
-    return "adaptlang 1\n" + KINDS[kind] + "task t = a\n"
+    """The full spec text for one kind: the header, the delta(s), one task ``t``."""
+    task = "task t = a + 0.5 * b\n" if kind == "lora_stacked" else "task t = a\n"
+    return "adaptlang 1\n" + KINDS[kind] + task
 
 
 def build() -> nn.Module:
