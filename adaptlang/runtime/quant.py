@@ -37,7 +37,7 @@ from adaptlang.errors import Diagnostic, RuntimeApplyError, did_you_mean
 
 __all__ = [
     "FLOAT_BITS", "FORMATS", "NF4_LEVELS", "STORAGE", "QuantizedWeight", "dequantize_blockwise", "dynamic_map",
-    "quantize_blockwise",
+    "quantize_blockwise", "storage_parameters",
 ]
 
 FORMATS = ("nf4", "int8")
@@ -165,7 +165,8 @@ class QuantizedWeight(nn.Module):
     the parameter objects (sharded DTensors between forwards, unsharded plain
     tensors during the owning ``fully_shard`` module's forward). Quantize
     before ``fully_shard``; :meth:`store` after it would replace the sharded
-    parameters.
+    parameters. FSDP1 flattens floating tensors only: give it
+    ``ignored_states=storage_parameters(model)``.
 
     Args:
         weight: The weight to quantize (any float dtype).
@@ -334,6 +335,18 @@ class QuantizedWeight(nn.Module):
     def extra_repr(self) -> str:
         return (f"fmt={self.fmt}, shape={tuple(self.shape)}, block={self.block}, double={self.double}, "
                 f"compute={self.compute_dtype}")
+
+
+def storage_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Returns the storage parameters of every :class:`QuantizedWeight` in ``model`` (model order).
+
+    For engines that cannot hold integer parameters: FSDP1 (``FullyShardedDataParallel``)
+    flattens floating tensors only, so pass ``ignored_states=storage_parameters(model)``;
+    it then leaves the quantized base whole on every rank (as with buffers). FSDP2
+    (``fully_shard``) shards them and needs nothing.
+    """
+    return [p for m in model.modules() if isinstance(m, QuantizedWeight) for p in m._parameters.values()
+            if p is not None]
 
 
 def _float_views(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:

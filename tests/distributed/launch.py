@@ -26,7 +26,8 @@ What :func:`run_ranks` guarantees:
   :class:`RanksFailed`; collectives also time out inside the ranks after the
   same time, so a hang usually surfaces as a traceback first;
 * a rank that raises makes the call raise :class:`RanksFailed` with that
-  rank's traceback (the other ranks are killed, they may wait on it forever).
+  rank's traceback, and those of the ranks that fail with it (the ones still
+  running after a 3 s grace are killed: they may wait on it forever).
 
 ``fn`` must be importable by the children: defined at module level (not a
 lambda, a closure or a nested function) in a module they can import; the
@@ -93,9 +94,9 @@ def run_ranks(fn: Callable[..., Any], world: int = 2, timeout: float = 60.0, arg
 def _wait(procs: list[Any], folder: Path, deadline: float) -> None:
     """Waits for every rank; raises as soon as one fails (the others may block on it) or time runs out.
 
-    The message has every finished rank's failure, by rank: when one rank raises,
-    the others often fail too (a peer closed the connection), and the first one
-    seen need not be the cause.
+    The message has every rank's failure, by rank, including ranks that fail
+    within 3 s of the first one seen: when one rank raises, the others usually
+    fail too (their peer left the group), and the first seen need not be the cause.
     """
     pending = set(range(len(procs)))
     while pending:
@@ -103,11 +104,15 @@ def _wait(procs: list[Any], folder: Path, deadline: float) -> None:
             if not procs[rank].is_alive():
                 pending.discard(rank)
         done = [rank for rank in range(len(procs)) if rank not in pending]
-        failed = [(rank, _read(folder, rank)) for rank in done]
-        failed = [(rank, value) for rank, (status, value) in failed if status != "ok"]
-        if failed:
+        if any(_read(folder, rank)[0] != "ok" for rank in done):
+            # The others usually fail right after (their peer left): a moment to report them too.
+            grace = min(deadline, time.monotonic() + 3)
+            while any(procs[rank].is_alive() for rank in pending) and time.monotonic() < grace:
+                time.sleep(0.05)
+            failed = [(rank, _read(folder, rank)) for rank in range(len(procs))
+                      if not procs[rank].is_alive() or (folder / f"rank{rank}.pkl").exists()]
             raise RanksFailed("\n".join(f"rank {rank} failed (exit code {procs[rank].exitcode}):\n{value}"
-                                         for rank, value in failed))
+                                         for rank, (status, value) in failed if status != "ok"))
         if pending and time.monotonic() > deadline:
             raise RanksFailed(f"ranks {sorted(pending)} did not finish in time (a hang?); finished ranks: {done}")
         time.sleep(0.05)
@@ -134,17 +139,25 @@ def _rank_main(fn: Callable[..., Any], args: tuple[Any, ...], rank: int, world: 
         store = dist.FileStore(os.path.join(folder, "store"), world)
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout))
-        try:
-            outcome: tuple[str, Any] = ("ok", fn(*args))
-        finally:
-            dist.destroy_process_group()
     except BaseException:  # noqa: BLE001 - everything goes back to the parent as text
+        _write(out, ("error", traceback.format_exc()))
+        return
+    try:
+        outcome: tuple[str, Any] = ("ok", fn(*args))
+    except BaseException:  # noqa: BLE001
         outcome = ("error", traceback.format_exc())
+    # Written before leaving the group: leaving makes the peers' collectives fail at once, and the
+    # parent must find this rank's own outcome (often the cause) when it sees theirs.
+    _write(out, outcome)
+    dist.destroy_process_group()
+
+
+def _write(out: Path, outcome: tuple[str, Any]) -> None:
+    """Writes ``outcome`` whole to ``out`` (then renamed: the parent never reads half a file)."""
     try:
         data = pickle.dumps(outcome)
     except Exception:  # noqa: BLE001 - an unpicklable result is the test's error, reported as such
         data = pickle.dumps(("error", "the rank's result cannot be pickled:\n" + traceback.format_exc()))
-    # Written whole then renamed, so the parent never reads half a file.
     partial = out.with_suffix(".part")
     partial.write_bytes(data)
     partial.replace(out)

@@ -50,6 +50,8 @@ def test_a_failing_rank_raises_with_its_traceback():
 
 def test_a_hang_fails_at_the_deadline():
     start = time.monotonic()
-    with pytest.raises(RanksFailed, match=r"ranks \[1\] did not finish in time"):
-        run_ranks(rank_one_hangs, world=2, timeout=8)
-    assert time.monotonic() - start < 20
+    # Rank 1 is still running at the deadline; rank 0 normally finished, unless start-up on a busy
+    # machine took the whole deadline (then both are named): either way the call fails, on time.
+    with pytest.raises(RanksFailed, match=r"ranks \[(0, )?1\] did not finish in time"):
+        run_ranks(rank_one_hangs, world=2, timeout=10)
+    assert time.monotonic() - start < 25  # the deadline, then killing and joining the ranks

@@ -15,7 +15,8 @@ from adaptlang.errors import RuntimeApplyError
 from adaptlang.plan.accounting import quantized_bytes
 from adaptlang.runtime.adapted import Adapted
 from adaptlang.runtime.quant import (
-    FLOAT_BITS, NF4_LEVELS, SCALE_BLOCK, QuantizedWeight, dynamic_map, pack_nibbles, unpack_nibbles,
+    FLOAT_BITS, NF4_LEVELS, SCALE_BLOCK, QuantizedWeight, dynamic_map, pack_nibbles, storage_parameters,
+    unpack_nibbles,
 )
 from adaptlang.runtime.site import SiteModule
 from adaptlang.runtime.transaction import patch_model
@@ -296,3 +297,5 @@ def test_quantized_storage_is_never_trainable_in_an_adapted_model(rt):
     assert not any(p.requires_grad for _, p in storage)
     trainable = {n for n, _ in adapted.trainable_parameters()}
     assert trainable and not any(".quant." in n for n in trainable)
+    # What FSDP1 users pass as ignored_states (it cannot flatten integer tensors): exactly the storage.
+    assert [id(p) for p in storage_parameters(model)] == [id(p) for _, p in storage]
