@@ -208,7 +208,7 @@ class Adapted(ParameterMethods, MergeMethods):
             The model.
         """
         self._check_live()
-        refuse_if_sharded(self.model.parameters(), "remove()",
+        refuse_if_sharded(self.model, "remove()",
                           "save() the bundles; the base model is the one you sharded, without them: load its "
                           "checkpoint again, unsharded, to get it back")
         if self._merged:

@@ -65,7 +65,7 @@ class MergeMethods:
         check_keep(keep)
         if self._merged:
             return copy.deepcopy(self._merge_report)
-        refuse_if_sharded(self.model.parameters(), "merge()",
+        refuse_if_sharded(self.model, "merge()",
                           "save() the bundles, load them onto an unsharded model (adaptlang.load), and merge there")
         report: dict[str, Any] = {"merged": [], "not_merged": {}, "keep": keep, "kept_bytes": 0}
         tied = tied_parameter_ids(self.model)
@@ -115,7 +115,7 @@ class MergeMethods:
         self._check_live()
         if not self._merged:
             return
-        refuse_if_sharded(self.model.parameters(), "unmerge()",
+        refuse_if_sharded(self.model, "unmerge()",
                           "unmerge before sharding: the merged weights were sharded as they are")
         for path in reversed(self._merged_paths):
             self._patch.sites[path].unmerge()

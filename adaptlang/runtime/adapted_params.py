@@ -16,7 +16,7 @@ from torch import nn
 from adaptlang.errors import BundleError, Diagnostic, RuntimeApplyError, did_you_mean
 from adaptlang.runtime.concurrency import changes_model
 from adaptlang.runtime.engines import wrap_ddp
-from adaptlang.runtime.shards import gather_full, sharding_engine
+from adaptlang.runtime.shards import gather_full, model_engine
 
 __all__ = ["ParameterMethods"]
 
@@ -53,18 +53,13 @@ class ParameterMethods:
         return {key: ref.get() for key, ref in self._delta_refs(delta).items()}
 
     def sharded(self) -> str | None:
-        """Returns the engine that shards the delta parameters (FSDP2, FSDP1, ZeRO-3), or None.
+        """Returns the engine that shards the model (FSDP2, FSDP1, ZeRO-3), or None (:func:`~adaptlang.runtime.shards.model_engine`).
 
         The same on every rank of a sharded model, so callers may branch on it
         before a collective (``save``).
         """
         self._check_live()
-        for refs in self._patch.delta_params.values():
-            for ref in refs.values():
-                engine = sharding_engine(ref.get())
-                if engine is not None:
-                    return engine
-        return None
+        return model_engine(self.model)
 
     @changes_model("init_deltas")
     def init_deltas(self, tokenizer: Any = None) -> dict[str, int]:

@@ -100,7 +100,7 @@ def deepcopy_handle(adapted: Any, memo: dict[int, Any]) -> Any:
     # while the model was copied: put the active task's back, in the copy (its truth is the task config).
     config = new._patch.configs.get(new._active) if new._active is not None else None
     if config is not None:
-        new._patch.tune.activate(config.tune)
+        new._patch.tune.reset(config.tune)
     return new
 
 

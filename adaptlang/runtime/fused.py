@@ -118,8 +118,8 @@ class FactorCache:
 
     def get(self, group: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``group.factors()`` (a :class:`~adaptlang.runtime.lora.LoRAGroup`): (R, in), (out, R)."""
-        if len(group.As) == 1:
-            return group.As[0], group.Bs[0]
+        if len(group.parts) == 1:
+            return group.factors()
         key = tuple((t._version, t.data_ptr()) for t in group.As + group.Bs)
         if key != self.key:
             self.a, self.b = group.factors()
@@ -233,12 +233,14 @@ class LoRAGroup:
                 coefficients differ (else ``alpha`` carries the one coefficient);
                 False gives the bare factors (per-row coefficients apply them).
         """
-        if len(self.As) == 1:
-            return self.As[0], self.Bs[0]
+        if len(self.parts) == 1:
+            params = self.parts[0]._parameters
+            return params["lora_A"], params["lora_B"]
         a = torch.cat(self.As, 0)  # (R, in)
+        bs = self.Bs
         if self.scaled and scaled:
-            return a, torch.cat([b * c for b, c in zip(self.Bs, self.coefs)], 1)  # (out, R)
-        return a, torch.cat(self.Bs, 1)
+            return a, torch.cat([b * c for b, c in zip(bs, self.coefs)], 1)  # (out, R)
+        return a, torch.cat(bs, 1)
 
     def project(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Returns ``x @ A.T`` (..., R): a matmul, or a gather of A's columns for ids."""

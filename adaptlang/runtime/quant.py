@@ -18,6 +18,11 @@ of offset.
 Dequantization happens on the fly in the site's forward, to the ``compute``
 dtype. With CUDA and bitsandbytes installed, NF4 on a CUDA weight uses
 bitsandbytes' kernels (same format); the pure-torch path stays the reference.
+
+Storage is frozen, flat (1-D) *parameters* of integer dtypes, so that PyTorch
+FSDP2 (``fully_shard``), which shards parameters only, splits the quantized
+base across ranks as FSDP-QLoRA does with bitsandbytes' ``quant_storage``
+(see :class:`QuantizedWeight` for the layout and why).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from torch import nn
 from adaptlang.errors import Diagnostic, RuntimeApplyError, did_you_mean
 
 __all__ = [
-    "FORMATS", "NF4_LEVELS", "QuantizedWeight", "dequantize_blockwise", "dynamic_map", "quantize_blockwise",
+    "FLOAT_BITS", "FORMATS", "NF4_LEVELS", "STORAGE", "QuantizedWeight", "dequantize_blockwise", "dynamic_map",
+    "quantize_blockwise", "storage_parameters",
 ]
 
 FORMATS = ("nf4", "int8")
@@ -45,6 +51,10 @@ NF4_LEVELS = (
 #: Scales per block of the second quantization (QLoRA, bitsandbytes).
 SCALE_BLOCK = 256
 _COMPUTE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: Every tensor a :class:`QuantizedWeight` may store, in state-dict order.
+STORAGE = ("codes", "absmax", "absmax_codes", "absmax_scale", "absmax_offset")
+#: The fp32 ones among them, held as their int32 bit patterns (:class:`QuantizedWeight`).
+FLOAT_BITS = frozenset({"absmax", "absmax_scale", "absmax_offset"})
 
 
 def dynamic_map() -> torch.Tensor:
@@ -125,9 +135,38 @@ class QuantizedWeight(nn.Module):
 
     Stands in for the base module's weight while a site is quantized; it
     reports the original ``shape`` and ``dtype`` so that code reading
-    ``module.weight.shape`` keeps working. Buffers (all non-trainable):
-    ``codes`` (uint8, packed for NF4), and either ``absmax`` (fp32) or
-    ``absmax_codes`` (uint8) + ``absmax_scale`` (fp32) + ``absmax_offset`` (fp32).
+    ``module.weight.shape`` keeps working.
+
+    Storage (:data:`STORAGE`), all flat 1-D frozen parameters
+    (``requires_grad=False``): ``codes`` (uint8 ``(ceil(n_pad / 2),)`` packed for
+    NF4, int8 ``(n_pad,)`` for int8, ``n_pad`` = numel padded to whole
+    blocks), and either ``absmax`` (fp32 ``(n_blocks,)``) or ``absmax_codes``
+    (uint8 ``(n_blocks,)``) + ``absmax_scale`` (fp32 ``(ceil(n_blocks /
+    256),)``) + ``absmax_offset`` (fp32 ``(1,)``).
+
+    Why parameters, not buffers: FSDP2 (``fully_shard``) shards parameters
+    only; as buffers every rank would hold the whole quantized base. FSDP2
+    shards each parameter on dim 0 and all-gathers a group of mixed dtypes as
+    bytes, so one parameter per tensor works and keeps the state-dict keys.
+
+    Why integer dtypes only: the fp32 tensors (:data:`FLOAT_BITS`) are held
+    as their int32 bit patterns (same size, same shard boundaries). A
+    floating parameter would be cast by FSDP2's ``MixedPrecisionPolicy
+    (param_dtype=bfloat16)`` and by ``model.half()`` (bf16 scales change
+    every dequantized value), and could be given ``requires_grad``; an
+    integer one cannot (``model.requires_grad_(True)`` raises on it, as on
+    bitsandbytes' ``Params4bit``). ``state_dict()`` shows them as fp32 and
+    ``load_state_dict`` takes fp32 (hooks below), so checkpoints are as before;
+    :meth:`state_tensors` gives them as fp32 too. (``quant.absmax`` is the int32
+    parameter itself: FSDP2 reads parameters with ``getattr``, so no attribute
+    may answer with anything else.)
+
+    Every read goes through ``self._parameters`` at call time: FSDP2 swaps
+    the parameter objects (sharded DTensors between forwards, unsharded plain
+    tensors during the owning ``fully_shard`` module's forward). Quantize
+    before ``fully_shard``; :meth:`store` after it would replace the sharded
+    parameters. FSDP1 flattens floating tensors only: give it
+    ``ignored_states=storage_parameters(model)``.
 
     Args:
         weight: The weight to quantize (any float dtype).
@@ -152,20 +191,38 @@ class QuantizedWeight(nn.Module):
         self.shape = torch.Size(weight.shape)
         self.dtype = weight.dtype
         self._bnb_state: Any = None
+        self.register_state_dict_post_hook(_float_views)
+        self.register_load_state_dict_pre_hook(_float_bits)
         self.store(weight)
 
     @property
     def device(self) -> torch.device:
         """Where the storage lives."""
-        return self.codes.device
+        return self._parameters["codes"].device
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Returns the storage as ``state_dict()`` shows it: name -> tensor (fp32 views of the bit patterns)."""
+        return {name: self._read(name) for name in STORAGE if self._parameters.get(name) is not None}
+
+    def _read(self, name: str) -> torch.Tensor:
+        """Returns a stored tensor now in the slot, fp32 for :data:`FLOAT_BITS` (FSDP2 may have swapped it)."""
+        tensor = self._parameters[name]
+        return tensor.view(torch.float32) if name in FLOAT_BITS else tensor
+
+    def _put(self, name: str, tensor: torch.Tensor) -> None:
+        """Stores ``tensor`` flat as a frozen parameter (fp32 ones as int32 bits)."""
+        flat = tensor.detach().reshape(-1)
+        if name in FLOAT_BITS:
+            flat = flat.to(torch.float32).contiguous().view(torch.int32)
+        self._parameters[name] = nn.Parameter(flat, requires_grad=False)
 
     def store(self, weight: torch.Tensor) -> None:
         """(Re)quantizes ``weight`` into this storage (its shape must match)."""
         if tuple(weight.shape) != tuple(self.shape):
             raise RuntimeApplyError(f"weight of shape {tuple(weight.shape)} does not fit quantized storage "
                                     f"of shape {tuple(self.shape)}")
-        for name in ("codes", "absmax", "absmax_codes", "absmax_scale", "absmax_offset"):
-            self._buffers.pop(name, None)
+        for name in STORAGE:
+            self._parameters.pop(name, None)
         self._bnb_state = None
         if self.fmt == "nf4" and _use_bitsandbytes(weight):
             self._store_bnb(weight)
@@ -179,45 +236,59 @@ class QuantizedWeight(nn.Module):
             absmax = blocks.abs().amax(dim=1)
             safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax)).unsqueeze(1)
             codes = torch.round(blocks / safe * 127).to(torch.int8).reshape(-1)
-        self.register_buffer("codes", codes)
+        self._put("codes", codes)
         if self.double:
             offset = absmax.mean()
             centred_codes, scale = quantize_blockwise(absmax - offset, SCALE_BLOCK, dynamic_map().to(absmax.device))
-            self.register_buffer("absmax_codes", centred_codes[: absmax.numel()].clone())
-            self.register_buffer("absmax_scale", scale)
-            self.register_buffer("absmax_offset", offset.reshape(1))
+            self._put("absmax_codes", centred_codes[: absmax.numel()].clone())  # not the padded storage
+            self._put("absmax_scale", scale)
+            self._put("absmax_offset", offset)
         else:
-            self.register_buffer("absmax", absmax)
+            self._put("absmax", absmax)
 
     def block_absmax(self) -> torch.Tensor:
-        """Returns each block's absmax as used to dequantize (fp32, after double quantization)."""
+        """Returns each block's absmax as used to dequantize: fp32 (n_blocks,), after double quantization."""
         if not self.double:
-            return self.absmax
-        n = self.absmax_codes.numel()
+            return self._read("absmax")
+        absmax_codes, scale = self._read("absmax_codes"), self._read("absmax_scale")
+        n = absmax_codes.numel()
         pad = (-n) % SCALE_BLOCK
-        codes = torch.cat([self.absmax_codes, self.absmax_codes.new_zeros(pad)]) if pad else self.absmax_codes
-        centred = dequantize_blockwise(codes, self.absmax_scale, dynamic_map().to(self.absmax_scale.device))
-        return centred[:n] + self.absmax_offset
+        codes = torch.cat([absmax_codes, absmax_codes.new_zeros(pad)]) if pad else absmax_codes
+        centred = dequantize_blockwise(codes, scale, dynamic_map().to(scale.device))
+        return centred[:n] + self._read("absmax_offset")
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Returns the weight, dequantized: its original shape, in ``dtype`` (default: compute dtype)."""
         dtype = dtype or self.compute_dtype
+        codes = self._parameters["codes"]
         if self._bnb_state is not None:
             import bitsandbytes.functional as bnbf
 
-            return bnbf.dequantize_4bit(self.codes, self._bnb_state).to(dtype).view(self.shape)
+            # bitsandbytes packs to ((n + 1) // 2, 1); the parameter is kept flat for FSDP2.
+            return bnbf.dequantize_4bit(codes.view(-1, 1), self._bnb_state).to(dtype).view(self.shape)
         numel = math.prod(self.shape)
         absmax = self.block_absmax()
         if self.fmt == "nf4":
-            codes = unpack_nibbles(self.codes, absmax.numel() * self.block)
-            flat = dequantize_blockwise(codes, absmax, _nf4_levels())
+            flat = dequantize_blockwise(unpack_nibbles(codes, absmax.numel() * self.block), absmax, _nf4_levels())
         else:
-            flat = (self.codes.float().view(absmax.numel(), -1) * (absmax / 127).unsqueeze(1)).reshape(-1)
+            flat = (codes.float().view(absmax.numel(), -1) * (absmax / 127).unsqueeze(1)).reshape(-1)
         return flat[:numel].view(self.shape).to(dtype)
 
-    def nbytes(self) -> int:
-        """Returns the bytes of the quantized storage (codes and scales)."""
-        total = sum(b.numel() * b.element_size() for b in self.buffers())
+    def nbytes(self, local: bool = False) -> int:
+        """Returns the bytes of the quantized storage (codes and scales).
+
+        Args:
+            local: Only the share this process holds: for FSDP2-sharded (DTensor)
+                storage, its local shard (without FSDP2's padding); else all of it.
+        """
+        total = 0
+        for name in STORAGE:
+            tensor = self._parameters.get(name)
+            if tensor is None:
+                continue
+            if local and hasattr(tensor, "to_local"):  # a DTensor: this rank's shard
+                tensor = tensor.to_local()
+            total += tensor.numel() * tensor.element_size()
         state = self._bnb_state
         if state is not None:  # bitsandbytes keeps the scales in its QuantState
             nested = getattr(state, "state2", None)
@@ -229,30 +300,83 @@ class QuantizedWeight(nn.Module):
     def _store_bnb(self, weight: torch.Tensor) -> None:
         """NF4 through bitsandbytes' CUDA kernels (same format as the reference path).
 
-        The scales stay in bitsandbytes' ``QuantState`` (not a buffer): such a
-        site's ``state_dict()`` holds the packed codes only, and ``.to()`` does
-        not move the state.
+        The scales stay in bitsandbytes' ``QuantState`` (not a parameter, so
+        replicated under FSDP2): such a site's ``state_dict()`` holds the packed
+        codes only, and ``.to()`` does not move the state.
         """
         import bitsandbytes.functional as bnbf
 
         packed, state = bnbf.quantize_4bit(weight.detach().contiguous(), blocksize=self.block,
                                            compress_statistics=self.double, quant_type="nf4")
-        self.register_buffer("codes", packed)
+        self._put("codes", packed)
         self._bnb_state = state
 
     def _apply(self, fn: Any, recurse: bool = True) -> "QuantizedWeight":
         # ``model.to(torch.float64)`` / ``.half()`` convert every floating tensor of the model; the
         # weight this storage stands in for must follow (its reported dtype, the dtype it computes
         # in), else the site would compute in the old dtype and ``remove()`` would put it back.
+        # (The storage itself is integer, so those calls leave it as it is.)
         out = super()._apply(fn, recurse)
-        device = self.codes.device
+        device = self._parameters["codes"].device
         self.dtype = fn(torch.empty(0, dtype=self.dtype, device=device)).dtype
         self.compute_dtype = fn(torch.empty(0, dtype=self.compute_dtype, device=device)).dtype
         return out
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A whole-model pickle from before the storage became parameters holds it as buffers.
+        super().__setstate__(state)
+        old = {name: self._buffers.pop(name) for name in STORAGE if name in self._buffers}
+        for name, tensor in old.items():
+            self._put(name, tensor)
+        if old:
+            self.register_state_dict_post_hook(_float_views)
+            self.register_load_state_dict_pre_hook(_float_bits)
+
     def extra_repr(self) -> str:
         return (f"fmt={self.fmt}, shape={tuple(self.shape)}, block={self.block}, double={self.double}, "
                 f"compute={self.compute_dtype}")
+
+
+def storage_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Returns the storage parameters of every :class:`QuantizedWeight` in ``model`` (model order).
+
+    For engines that cannot hold integer parameters: FSDP1 (``FullyShardedDataParallel``)
+    flattens floating tensors only, so pass ``ignored_states=storage_parameters(model)``;
+    it then leaves the quantized base whole on every rank (as with buffers). FSDP2
+    (``fully_shard``) shards them and needs nothing.
+    """
+    return [p for m in model.modules() if isinstance(m, QuantizedWeight) for p in m._parameters.values()
+            if p is not None]
+
+
+def _float_views(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """State-dict post hook: the int32 bit patterns of :data:`FLOAT_BITS` as the fp32 they hold.
+
+    Why: checkpoints keep the dtypes they had when these were fp32 buffers. A
+    view, not a copy (a DTensor under FSDP2 stays a DTensor, same shards).
+    """
+    for name in FLOAT_BITS:
+        value = state_dict.get(prefix + name)
+        if value is not None and value.dtype == torch.int32:
+            state_dict[prefix + name] = value.view(torch.float32)
+
+
+def _float_bits(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
+                missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+    """Load pre-hook, the inverse of :func:`_float_views`: floating values become int32 bit patterns.
+
+    Older checkpoints' bitsandbytes codes of shape ``(n, 1)`` are flattened as the storage now is.
+    """
+    for name in STORAGE:
+        key = prefix + name
+        value = state_dict.get(key)
+        if not isinstance(value, torch.Tensor):
+            continue
+        if value.dim() != 1:
+            value = value.reshape(-1)
+        if name in FLOAT_BITS and value.is_floating_point():
+            value = value.to(torch.float32).contiguous().view(torch.int32)
+        state_dict[key] = value
 
 
 def _use_bitsandbytes(weight: torch.Tensor) -> bool:

@@ -31,8 +31,8 @@ import torch.distributed as dist
 from adaptlang.errors import Diagnostic, RuntimeApplyError
 
 __all__ = [
-    "FSDP1", "FSDP2", "ZERO3", "check_not_wrapped", "gather_full", "is_distributed", "sharding_engine",
-    "refuse_if_sharded",
+    "FSDP1", "FSDP2", "ZERO3", "check_not_wrapped", "gather_full", "is_distributed", "model_engine",
+    "sharding_engine", "refuse_if_sharded",
 ]
 
 FSDP2 = "FSDP2 (fully_shard)"
@@ -51,6 +51,30 @@ def sharding_engine(tensor: Any) -> str | None:
     return None
 
 
+def model_engine(model: Any) -> str | None:
+    """Returns the engine that shards any part of ``model``, or None.
+
+    Looks at the modules as well as the parameters: FSDP2 leaves the root's
+    parameters unsharded (plain tensors) after a forward without gradients,
+    and FSDP1 wraps submodules, so a parameter alone may not show it. The
+    answer is the same on every rank.
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    except ImportError:  # pragma: no cover - a torch built without distributed
+        FSDPModule = FullyShardedDataParallel = ()  # type: ignore[assignment,misc]
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            return FSDP2
+        if isinstance(module, FullyShardedDataParallel):
+            return FSDP1
+    for tensor in model.parameters():
+        engine = sharding_engine(tensor)
+        if engine is not None:
+            return engine
+    return None
+
+
 def _is_dtensor(tensor: Any) -> bool:
     try:
         from torch.distributed.tensor import DTensor
@@ -64,19 +88,22 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def refuse_if_sharded(tensors: Any, what: str, hint: str) -> None:
-    """Raises a clear error when any of ``tensors`` is sharded.
+def refuse_if_sharded(model_or_tensors: Any, what: str, hint: str) -> None:
+    """Raises a clear error when a model (:func:`model_engine`) or any of some tensors is sharded.
 
     Args:
-        tensors: Tensors to look at (an iterable).
+        model_or_tensors: An ``nn.Module``, or tensors to look at (an iterable).
         what: What cannot be done (``"merge()"``), for the message.
         hint: What to do instead.
 
     Raises:
         RuntimeApplyError: Naming the engine.
     """
-    for tensor in tensors:
-        engine = sharding_engine(tensor)
+    if hasattr(model_or_tensors, "modules"):
+        engines = [model_engine(model_or_tensors)]
+    else:
+        engines = (sharding_engine(t) for t in model_or_tensors)
+    for engine in engines:
         if engine is not None:
             raise RuntimeApplyError(Diagnostic(
                 f"{what} is not supported on a model sharded by {engine}: its parameters are shards, and the "
@@ -99,14 +126,13 @@ def check_not_wrapped(model: Any) -> None:
         raise RuntimeApplyError(Diagnostic(
             "this model is wrapped in DistributedDataParallel, which fixed its parameters when it was built",
             obj=type(model).__name__, hint="apply to the model first, then wrap it: adapted.wrap_ddp()"))
-    for tensor in model.parameters():
-        engine = sharding_engine(tensor)
-        if engine is not None:
-            raise RuntimeApplyError(Diagnostic(
-                f"this model is already sharded by {engine}; deltas added now would not be sharded, nor their "
-                "gradients averaged across ranks", obj=type(model).__name__,
-                hint="apply first, then shard (on the meta device for a large model: see the README, "
-                     "'Training on several devices')"))
+    engine = model_engine(model)
+    if engine is not None:
+        raise RuntimeApplyError(Diagnostic(
+            f"this model is already sharded by {engine}; deltas added now would not be sharded, nor their "
+            "gradients averaged across ranks", obj=type(model).__name__,
+            hint="apply first, then shard (on the meta device for a large model: see the README, "
+                 "'Training on several devices')"))
 
 
 def gather_full(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:

@@ -35,7 +35,9 @@ Drop-in behaviour in HF models:
   load, in either direction; the parts add ``q_proj.parts.{delta}.{name}``
   and a quantized weight is ``q_proj.quant.*`` (loading a dense
   ``q_proj.weight`` into a quantized site quantizes it). ``named_parameters()``
-  shows the real module tree (``q_proj.base.weight``).
+  shows the real module tree (``q_proj.base.weight``; a quantized site's
+  frozen integer storage ``q_proj.quant.codes``..., parameters so that FSDP2
+  shards it).
 """
 
 from __future__ import annotations
@@ -328,6 +330,10 @@ class SiteModule(SiteActivity, nn.Module):
         Parameter object back: holding its original values when
         ``apply(..., keep_base=True)`` kept them, else the dequantized values
         (:meth:`unwrap`).
+
+        The storage is frozen integer parameters of ``self.quant`` (never
+        trainable), which FSDP2's ``fully_shard`` shards across ranks: quantize
+        first, then shard (:class:`~adaptlang.runtime.quant.QuantizedWeight`).
 
         Args:
             fmt: ``nf4`` or ``int8``.

@@ -60,7 +60,8 @@ def route_base_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, 
         quant = module._modules.get("quant")
         if rest == "weight" and quant is not None:
             quant.store(value.to(quant.device))
-            state_dict.update({f"{prefix}quant.{n}": b for n, b in quant._buffers.items()})
+            # Its new storage, so that a strict load finds the quant.* keys (it copies them onto themselves).
+            state_dict.update({f"{prefix}quant.{n}": t for n, t in quant.state_tensors().items()})
             continue
         state_dict[prefix + "base." + rest] = value
 

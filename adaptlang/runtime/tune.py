@@ -148,11 +148,24 @@ class TuneSlots:
                 sharding engine manages (nothing is changed then).
         """
         changing = [(key, want) for key, want in assignments if self.holder[key] != want]
-        for key, want in changing:
-            refuse_sharded_swap(self.modules[key]._parameters[key[1]], key, self.holder[key], want)
+        if changing:
+            refuse_sharded_swap(self.model, changing[0][0], self.holder[changing[0][0]], changing[0][1])
         for key, want in changing:
             module, name = self.modules[key], key[1]
             self._keep(key, self.holder[key], module._parameters[name])
+            module._parameters[name] = self.originals[key] if want is None else self.copies[want][key]
+            self.holder[key] = want
+
+    def reset(self, assignments: list[SlotAssignment]) -> None:
+        """Puts each assignment's kept object in its slot, whatever the slot and ``holder`` say now.
+
+        For a copy of a model taken while a call had other copies in the slots
+        (:func:`~adaptlang.runtime.copying.deepcopy_handle`): the slots and
+        ``holder`` may have been copied at different moments, so neither is
+        trusted; the kept objects are (no engine touches a copy being made).
+        """
+        for key, want in assignments:
+            module, name = self.modules[key], key[1]
             module._parameters[name] = self.originals[key] if want is None else self.copies[want][key]
             self.holder[key] = want
 
@@ -172,16 +185,16 @@ class TuneSlots:
         self.activate([(key, None) for key in self.originals])
 
 
-def refuse_sharded_swap(param: Any, key: SlotKey, now: str | None, want: str | None) -> None:
-    """Raises when ``param`` (in slot ``key``) is managed by a sharding engine.
+def refuse_sharded_swap(model: nn.Module, key: SlotKey, now: str | None, want: str | None) -> None:
+    """Raises when ``model`` is sharded: slot ``key`` would change hands.
 
     Why: FSDP2 and FSDP1 keep their own record of every parameter they
     shard and write it back into the slot at each forward; a tensor put
     there by anyone else would be ignored or mixed with shards.
     """
-    from adaptlang.runtime.shards import sharding_engine
+    from adaptlang.runtime.shards import model_engine
 
-    engine = sharding_engine(param)
+    engine = model_engine(model)
     if engine is None:
         return
     who = (lambda d: "the original" if d is None else f"tune delta '{d}'")

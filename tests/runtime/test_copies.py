@@ -17,6 +17,7 @@ import torch
 
 import adaptlang
 from adaptlang.errors import UsageError
+from adaptlang.runtime.quant import FLOAT_BITS
 from adaptlang.runtime.site import SiteModule
 from tests.runtime.adapted_support import logits, randomize, tiny_llama
 
@@ -253,12 +254,22 @@ def test_to_float64_after_a_copy(kind, rt):
 
 
 def assert_all_float64(adapted) -> None:
-    """No float32 tensor anywhere in the model, nor waiting outside it (tune slots)."""
+    """No float32 tensor anywhere in the model, nor waiting outside it (tune slots).
+
+    Except the scales of quantized storage: they are part of the format and stay
+    fp32 whatever the model's dtype (integer-held, as bitsandbytes keeps them;
+    ``runtime.quant.QuantizedWeight``); the weight they stand for does follow.
+    """
     found = list(adapted.model.state_dict().items())
     if not adapted._removed:
         found += [(f"tune original {k}", t) for k, t in adapted._patch.tune.originals.items()]
-    odd = [name for name, t in found if t.is_floating_point() and t.dtype != torch.float64]
+    scales = tuple(f".quant.{name}" for name in FLOAT_BITS)
+    odd = [name for name, t in found if t.is_floating_point() and t.dtype != torch.float64
+           and not (name.endswith(scales) and t.dtype == torch.float32)]
     assert not odd, odd
+    for site in adapted.model.modules():
+        if getattr(site, "quant", None) is not None:
+            assert site.quant.dtype == site.quant.dequantize().dtype == torch.float64
 
 
 def test_remove_after_to_keeps_the_conversion(rt):

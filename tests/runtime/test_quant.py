@@ -1,6 +1,10 @@
-"""NF4 / int8 block-wise quantization: error bounds, packing, sizes, QLoRA-style training, removal."""
+"""NF4 / int8 block-wise quantization: error bounds, packing, sizes, QLoRA-style training, removal,
+storage as frozen integer parameters (FSDP2 sharding itself: tests/distributed/test_quant_sharded.py)."""
 
 from __future__ import annotations
+
+import copy
+import pickle
 
 import pytest
 import torch
@@ -11,7 +15,8 @@ from adaptlang.errors import RuntimeApplyError
 from adaptlang.plan.accounting import quantized_bytes
 from adaptlang.runtime.adapted import Adapted
 from adaptlang.runtime.quant import (
-    NF4_LEVELS, SCALE_BLOCK, QuantizedWeight, dynamic_map, pack_nibbles, unpack_nibbles,
+    FLOAT_BITS, NF4_LEVELS, SCALE_BLOCK, QuantizedWeight, dynamic_map, pack_nibbles, storage_parameters,
+    unpack_nibbles,
 )
 from adaptlang.runtime.site import SiteModule
 from adaptlang.runtime.transaction import patch_model
@@ -211,3 +216,86 @@ def test_remove_restores_objects_with_dequantized_or_original_values(keep_base, 
     else:  # same objects, the values the quantized model was using
         assert torch.equal(q_weight.detach(), dequantized)
         assert not torch.equal(q_weight.detach(), before.values["model.layers.0.self_attn.q_proj.weight"])
+
+
+# ------------------------------------------------------ storage as parameters (FSDP2)
+@pytest.mark.parametrize("fmt,double", [("nf4", True), ("nf4", False), ("int8", True)])
+def test_storage_is_frozen_flat_integer_parameters_with_the_old_state_dict(fmt, double):
+    torch.manual_seed(0)
+    q = QuantizedWeight(torch.randn(48, 40), fmt, 32, double)
+    names = ["codes", "absmax_codes", "absmax_scale", "absmax_offset"] if double else ["codes", "absmax"]
+    params = dict(q.named_parameters())
+    assert list(params) == names and not list(q.buffers())  # FSDP2 shards parameters, not buffers
+    for name, p in params.items():
+        assert p.dim() == 1 and not p.requires_grad and not p.is_floating_point(), name
+    with pytest.raises(RuntimeError, match="floating point"):
+        q._parameters["codes"].requires_grad_(True)  # integer storage can never be trained by mistake
+    # The state dict is as when these were buffers: same keys, fp32 scales, int8 / uint8 codes.
+    state = q.state_dict()
+    assert list(state) == names
+    assert state["codes"].dtype == (torch.uint8 if fmt == "nf4" else torch.int8)
+    for name in FLOAT_BITS & set(names):
+        assert state[name].dtype == torch.float32 and q.state_tensors()[name].dtype == torch.float32
+    assert sum(t.numel() * t.element_size() for t in state.values()) == q.nbytes() == q.nbytes(local=True)
+
+
+def test_loading_fp32_scales_and_copies_keep_the_values():
+    torch.manual_seed(0)
+    weight = torch.randn(64, 48)
+    q = QuantizedWeight(weight, "nf4", 64, True)
+    expected = q.dequantize(torch.float32)
+    other = QuantizedWeight(torch.zeros(64, 48), "nf4", 64, True)
+    old_style = {k: v.clone() for k, v in q.state_dict().items()}  # fp32 scales, as older checkpoints hold
+    assert old_style["absmax_scale"].dtype == torch.float32
+    other.load_state_dict(old_style)
+    assert torch.equal(other.dequantize(torch.float32), expected)
+    for copied in (copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
+        assert torch.equal(copied.dequantize(torch.float32), expected)
+        assert copied.state_dict()["absmax_offset"].dtype == torch.float32  # the hooks came along
+
+
+def test_a_pickle_with_buffer_storage_loads_as_parameters():
+    torch.manual_seed(0)
+    q = QuantizedWeight(torch.randn(32, 32), "int8", 64, True)
+    expected = q.dequantize(torch.float32)
+    old = copy.deepcopy(q)  # made to look like the class before: fp32 buffers, no state-dict hooks
+    old._buffers.update({k: v.clone() for k, v in old.state_tensors().items()})
+    old._parameters.clear()
+    old._state_dict_hooks.clear()
+    old._load_state_dict_pre_hooks.clear()
+    loaded = pickle.loads(pickle.dumps(old))
+    assert not list(loaded.buffers()) and set(dict(loaded.named_parameters())) == set(q.state_tensors())
+    assert torch.equal(loaded.dequantize(torch.float32), expected)
+    assert loaded.state_dict()["absmax_scale"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("convert", ["half", "float64"])
+def test_dtype_conversions_keep_the_storage_and_move_the_weight(convert):
+    # .half() used to round fp32 scale buffers to fp16; integer-held scales are the format's and stay.
+    torch.manual_seed(0)
+    site = SiteModule.wrap(nn.Linear(64, 32))
+    site.quantize("nf4", 32, True, "float32")
+    before = {k: v.clone() for k, v in site.quant.state_dict().items()}
+    exact = site.quant.dequantize(torch.float32)
+    if convert == "half":
+        site.half()
+    else:
+        site.to(torch.float64)
+    after = site.quant.state_dict()
+    assert all(torch.equal(after[k], v) and after[k].dtype == v.dtype for k, v in before.items())
+    want = torch.float16 if convert == "half" else torch.float64
+    assert site.quant.dtype == want and site.quant.dequantize().dtype == want
+    assert torch.equal(site.quant.dequantize(torch.float32), exact)
+
+
+def test_quantized_storage_is_never_trainable_in_an_adapted_model(rt):
+    model = rt.tiny_llama()
+    adapted = Adapted(model, None, patch_model(model, qlora_plan()))
+    adapted.use("t")
+    storage = [(n, p) for n, p in model.named_parameters() if ".quant." in n]
+    assert len(storage) == 2 * 4  # two quantized sites: codes, absmax codes, scale, offset
+    assert not any(p.requires_grad for _, p in storage)
+    trainable = {n for n, _ in adapted.trainable_parameters()}
+    assert trainable and not any(".quant." in n for n in trainable)
+    # What FSDP1 users pass as ignored_states (it cannot flatten integer tensors): exactly the storage.
+    assert [id(p) for p in storage_parameters(model)] == [id(p) for _, p in storage]
