@@ -82,6 +82,7 @@ def init_deltas(patch: Any, plan_dict: dict[str, Any], tokenizer: Any = None) ->
             FSDP1 or ZeRO-3, a text prompt without a tokenizer, or a prompt
             on an embedding that is not a plain ``nn.Embedding``.
     """
+    _reshard(patch.model)
     _check(patch, plan_dict, tokenizer)
     counts: dict[str, int] = {}
     with torch.no_grad():
@@ -100,6 +101,22 @@ def init_deltas(patch: Any, plan_dict: dict[str, Any], tokenizer: Any = None) ->
     return counts
 
 
+def _reshard(model: Any) -> None:
+    """Puts FSDP2's sharded parameters back in their slots (a local step, no communication).
+
+    Why: after a forward without gradients FSDP2 leaves the root module's
+    parameters unsharded (plain tensors it frees at the next reshard): a value
+    written there would be lost, and the shards would keep the old one.
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - a torch built without distributed
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 # ------------------------------------------------------------------ checks
 def _check(patch: Any, plan_dict: dict[str, Any], tokenizer: Any) -> None:
     """Refuses what cannot be initialised, before any collective (module docstring)."""
@@ -112,7 +129,7 @@ def _check(patch: Any, plan_dict: dict[str, Any], tokenizer: Any) -> None:
         for key, ref in patch.delta_params[delta].items():
             _check_tensor(ref.get(), f"{delta}/{key}", delta)
         for site in info["sites"]:
-            for name, tensor in _base_reads(patch, info["kind"], site):
+            for name, tensor in _base_reads(patch, delta, info["kind"], site):
                 _check_tensor(tensor, name, delta)
             if info["kind"] == "prompt" and site.get("init", "random") != "random":
                 if site.get("init") == "text" and tokenizer is None:
@@ -120,14 +137,24 @@ def _check(patch: Any, plan_dict: dict[str, Any], tokenizer: Any) -> None:
                 check_plain_embedding(resolve_module(patch.model, site["path"], unwrap=True), delta)
 
 
-def _base_reads(patch: Any, kind: str, site: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
-    """The base tensors a site's initial values read: ``(name, tensor)`` pairs."""
+def _base_reads(patch: Any, delta: str, kind: str, site: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
+    """The base tensors a site's initial values read: ``(name, tensor)`` pairs.
+
+    Raises:
+        RuntimeApplyError: DoRA on quantized storage that FSDP2 sharded (dequantizing needs all of it).
+    """
     path = site["path"]
     if kind == "lora" and site.get("variant") == "dora":
-        site_module = patch.sites[path]
-        if site_module.quant is not None:
-            return []  # quantized storage is buffers, never sharded
-        return [(f"{path}.weight", _base_tensor(patch, path, "weight"))]
+        quant = patch.sites[path].quant
+        if quant is None:
+            return [(f"{path}.weight", _base_tensor(patch, path, "weight"))]
+        storage = [(f"{path}.quant.{name}", t) for name, t in quant._parameters.items() if t is not None]
+        if any(sharding_engine(t) is not None for _, t in storage):
+            raise RuntimeApplyError(Diagnostic(
+                f"DoRA '{delta}' at '{path}' starts its magnitude from the dequantized weight, and this site's "
+                "quantized storage is sharded", obj=delta,
+                hint="call init_deltas() before sharding, or use plain LoRA on quantized sites"))
+        return storage
     if kind == "prompt" and site.get("init", "random") != "random":
         return [(f"{path}.weight", _base_tensor(patch, path, "weight"))]
     if kind == "tune":

@@ -210,3 +210,15 @@ def test_tune_tensors_left_on_meta_are_refused(rt):
     model.load_state_dict(real.state_dict(), strict=False, assign=True)
     with pytest.raises(RuntimeApplyError, match="still on the meta device"):
         adapted.init_deltas()
+
+
+def test_quantized_dora_starts_again_from_the_dequantized_weight(rt):
+    spec = ("adaptlang 1\nquantize nf4 { on layers[*].mlp.down_proj\n block 32 }\n"
+            "lora a { on layers[*].mlp.down_proj\n rank 4\n variant dora }\n")
+    fresh = adaptlang.apply(rt.tiny_llama(), spec, seed=SEED)
+    adapted = adaptlang.apply(rt.tiny_llama(), spec, seed=SEED)
+    with torch.no_grad():
+        for p in adapted.delta_parameters("a").values():
+            p.mul_(3.0).add_(1.0)
+    adapted.init_deltas()
+    assert_same(fresh, adapted, rt.lm_batch())
