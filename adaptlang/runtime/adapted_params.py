@@ -82,7 +82,8 @@ class ParameterMethods:
         Raises:
             RuntimeApplyError: Merged; a tensor still on the meta device; one
                 sharded by FSDP1 or ZeRO-3 (initialise before wrapping); a text
-                prompt without a tokenizer; a prompt on a non-plain embedding.
+                prompt without a tokenizer; a prompt on a non-plain embedding;
+                DoRA on sharded quantized storage.
         """
         from adaptlang.runtime.init_values import init_deltas
 

@@ -79,8 +79,9 @@ def init_deltas(patch: Any, plan_dict: dict[str, Any], tokenizer: Any = None) ->
 
     Raises:
         RuntimeApplyError: A tensor still on the meta device, one sharded by
-            FSDP1 or ZeRO-3, a text prompt without a tokenizer, or a prompt
-            on an embedding that is not a plain ``nn.Embedding``.
+            FSDP1 or ZeRO-3, a text prompt without a tokenizer, a prompt on an
+            embedding that is not a plain ``nn.Embedding``, or DoRA on
+            quantized storage that FSDP2 sharded.
     """
     _reshard(patch.model)
     _check(patch, plan_dict, tokenizer)
