@@ -16,6 +16,7 @@ from torch import nn
 from adaptlang.errors import BundleError, Diagnostic, RuntimeApplyError, did_you_mean
 from adaptlang.runtime.concurrency import changes_model
 from adaptlang.runtime.engines import wrap_ddp
+from adaptlang.runtime.quant import storage_parameters
 from adaptlang.runtime.shards import gather_full, model_engine
 
 __all__ = ["ParameterMethods"]
@@ -91,6 +92,17 @@ class ParameterMethods:
         if self._merged:
             raise RuntimeApplyError(Diagnostic("init_deltas() on a merged model", hint="unmerge() first"))
         return init_deltas(self._patch, self.plan.to_dict(), tokenizer)
+
+    def quantized_storage(self) -> list[nn.Parameter]:
+        """Returns the frozen integer parameters holding the quantized base (codes and scales), model order.
+
+        FSDP2 shards them like any parameter. FSDP1 flattens floating tensors
+        only (its error: "Must flatten tensors with uniform dtype"): pass
+        ``FullyShardedDataParallel(..., ignored_states=adapted.quantized_storage())``;
+        each rank then keeps the whole quantized base.
+        """
+        self._check_live()
+        return storage_parameters(self.model)
 
     def wrap_ddp(self, **ddp_kwargs: Any) -> nn.Module:
         """Returns ``DistributedDataParallel(self.model, **ddp_kwargs)`` for the active task.

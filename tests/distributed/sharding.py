@@ -79,9 +79,12 @@ def shard(model: nn.Module, engine: str) -> nn.Module:
         from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
+        from adaptlang.runtime.quant import storage_parameters
+
         policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={LlamaDecoderLayer})
+        # FSDP1 flattens floating tensors only: a quantized base's integer storage stays whole on each rank.
         return FullyShardedDataParallel(model, auto_wrap_policy=policy, use_orig_params=True,
-                                        device_id=torch.device("cpu"))
+                                        device_id=torch.device("cpu"), ignored_states=storage_parameters(model))
     raise ValueError(engine)
 
 
