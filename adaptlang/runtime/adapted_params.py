@@ -16,7 +16,7 @@ from torch import nn
 from adaptlang.errors import BundleError, Diagnostic, RuntimeApplyError, did_you_mean
 from adaptlang.runtime.concurrency import changes_model
 from adaptlang.runtime.engines import wrap_ddp
-from adaptlang.runtime.shards import gather_full, model_engine
+from adaptlang.runtime.shards import gather_full, model_engine, refuse_zero3_writes
 
 __all__ = ["ParameterMethods"]
 
@@ -116,13 +116,15 @@ class ParameterMethods:
     def full_adapter_state_dict(self, task: str | None = None) -> dict[str, torch.Tensor]:
         """Returns :meth:`adapter_state_dict` with full values: new CPU tensors, gathered if sharded.
 
-        On a model sharded by FSDP2 or FSDP1 this is collective: every rank
-        must call it (:func:`~adaptlang.runtime.shards.gather_full`); each
-        gets the same full tensors.
+        On a sharded model (FSDP2, FSDP1, DeepSpeed ZeRO-3) this is
+        collective: every rank must call it
+        (:func:`~adaptlang.runtime.shards.gather_full`); each gets the same
+        full tensors.
 
         Raises:
-            RuntimeApplyError: A shard that cannot be gathered (ZeRO-3, no
-                process group, a gathered size that is not the full shape's).
+            RuntimeApplyError: A shard that cannot be gathered (no process
+                group, ZeRO-3 without deepspeed importable, a gathered size
+                that is not the full shape's).
         """
         self._check_live()
         config = self._config(task or self._active)
@@ -140,10 +142,17 @@ class ParameterMethods:
 
         Raises:
             BundleError: Missing or unexpected keys, or shapes that differ.
+            RuntimeApplyError: Merged; or parameters sharded by DeepSpeed
+                ZeRO-3 (load before ``deepspeed.initialize``:
+                :func:`~adaptlang.runtime.shards.refuse_zero3_writes`).
         """
         self._check_live()
         if self._merged:
             raise RuntimeApplyError("unmerge() before loading adapter weights")
+        config = self._config(task or self._active)
+        # The live parameters: adapter_state_dict's detached views do not carry ZeRO-3's marks.
+        refuse_zero3_writes([ref.get() for delta in config.deltas for ref in self._patch.delta_params[delta].values()],
+                            "load_adapter_state_dict()")
         target = self.adapter_state_dict(task)
         missing = sorted(set(target) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(target))
