@@ -70,7 +70,7 @@ class BundleAdapted(Adapted):
     def full_bundle_tensors(self, task: str) -> dict[str, torch.Tensor]:
         """Returns :meth:`bundle_tensors` as full CPU copies, gathered when the model is sharded.
 
-        Collective on a model sharded by FSDP2 or FSDP1: every rank must call it
+        Collective on a sharded model (FSDP2, FSDP1, DeepSpeed ZeRO-3): every rank must call it
         (:meth:`~adaptlang.runtime.adapted.Adapted.full_adapter_state_dict`).
         """
         tensors = self.full_adapter_state_dict(task)
@@ -89,7 +89,7 @@ class BundleAdapted(Adapted):
         files as they were. A merged model saves the same bundles as unmerged:
         bundles hold the delta parameters, never the (merged) base weights.
 
-        On a model sharded by FSDP2 or FSDP1 every rank must call ``save``
+        On a sharded model (FSDP2, FSDP1, DeepSpeed ZeRO-3) every rank must call ``save``
         with the same arguments: the full values are gathered collectively,
         rank 0 writes the files, and the other ranks wait for it and get its
         outcome (rank 0's error is raised on every rank). Unsharded (one

@@ -22,7 +22,7 @@ the run (on every rank when distributed)::
     adapted.save("out/adaptlang")
 
 Distributed runs (``torchrun``): the ``Trainer`` calls its callbacks on every
-rank. On a sharded model (FSDP) the callback calls ``adapted.save`` on every
+rank. On a sharded model (FSDP, DeepSpeed ZeRO-3) the callback calls ``adapted.save`` on every
 rank, because saving is collective there (each rank holds part of the
 values and takes part in gathering them; rank 0 writes). Under DDP every
 rank holds the same values: rank 0 writes alone. Either way every rank
@@ -201,6 +201,6 @@ class BundleCallback(TrainerCallback):
             paths = on_rank_zero(lambda: adapted.save(folder, tasks=tasks, dtype=self.dtype),
                                  [folder / f"{task}.safetensors" for task in tasks])
         else:
-            # One process; or a sharded model (FSDP), whose save is itself collective: rank 0 writes there too.
+            # One process; or a sharded model (FSDP, ZeRO-3), whose save is itself collective: rank 0 writes there too.
             paths = adapted.save(folder, tasks=tasks, dtype=self.dtype)
         self.saved.extend(paths)

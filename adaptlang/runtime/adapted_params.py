@@ -17,7 +17,8 @@ from adaptlang.errors import BundleError, Diagnostic, RuntimeApplyError, did_you
 from adaptlang.runtime.concurrency import changes_model
 from adaptlang.runtime.engines import wrap_ddp
 from adaptlang.runtime.quant import storage_parameters
-from adaptlang.runtime.shards import gather_full, model_engine
+from adaptlang.runtime.init_values import reshard, write_full
+from adaptlang.runtime.shards import FSDP1, gather_full, model_engine, refuse_zero3_writes
 
 __all__ = ["ParameterMethods"]
 
@@ -31,6 +32,7 @@ class ParameterMethods:
     model: nn.Module
     _check_live: Any  # the handle's: raises once removed
     _config: Any  # the handle's: a task's TaskConfig, or raises
+
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Returns ``(name, parameter)`` of the active task's trainable deltas, in model order.
 
@@ -39,6 +41,7 @@ class ParameterMethods:
         trains what the forward uses.
         """
         self._check_live()
+        reshard(self.model)  # after a no-grad forward FSDP2's root holds unsharded copies it will drop
         wanted = {id(ref.get()) for ref in self._patch.configs[self._active].trainable}
         return [(n, p) for n, p in self.model.named_parameters() if id(p) in wanted]
 
@@ -159,13 +162,15 @@ class ParameterMethods:
     def full_adapter_state_dict(self, task: str | None = None) -> dict[str, torch.Tensor]:
         """Returns :meth:`adapter_state_dict` with full values: new CPU tensors, gathered if sharded.
 
-        On a model sharded by FSDP2 or FSDP1 this is collective: every rank
-        must call it (:func:`~adaptlang.runtime.shards.gather_full`); each
-        gets the same full tensors.
+        On a sharded model (FSDP2, FSDP1, DeepSpeed ZeRO-3) this is
+        collective: every rank must call it
+        (:func:`~adaptlang.runtime.shards.gather_full`); each gets the same
+        full tensors.
 
         Raises:
-            RuntimeApplyError: A shard that cannot be gathered (ZeRO-3, no
-                process group, a gathered size that is not the full shape's).
+            RuntimeApplyError: A shard that cannot be gathered (no process
+                group, ZeRO-3 without deepspeed importable, a gathered size
+                that is not the full shape's).
         """
         self._check_live()
         config = self._config(task or self._active)
@@ -183,10 +188,22 @@ class ParameterMethods:
 
         Raises:
             BundleError: Missing or unexpected keys, or shapes that differ.
+            RuntimeApplyError: Merged; or parameters sharded by DeepSpeed
+                ZeRO-3 (load before ``deepspeed.initialize``:
+                :func:`~adaptlang.runtime.shards.refuse_zero3_writes`).
         """
         self._check_live()
         if self._merged:
             raise RuntimeApplyError("unmerge() before loading adapter weights")
+        config = self._config(task or self._active)
+        # The live parameters: adapter_state_dict's detached views do not carry ZeRO-3's marks.
+        refuse_zero3_writes([ref.get() for delta in config.deltas for ref in self._patch.delta_params[delta].values()],
+                            "load_adapter_state_dict()")
+        if model_engine(self.model) == FSDP1:
+            # Each rank holds a 1-D slice of a flat parameter; which slice is FSDP1's business.
+            raise RuntimeApplyError(Diagnostic(
+                "load_adapter_state_dict() is not supported on a model wrapped by FSDP1",
+                hint="load the values before wrapping (adaptlang.load, or this call on the unwrapped model)"))
         target = self.adapter_state_dict(task)
         missing = sorted(set(target) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(target))
@@ -197,6 +214,8 @@ class ParameterMethods:
             raise BundleError(Diagnostic(
                 f"adapter weights do not fit task '{task or self._active}'", obj=task or self._active,
                 notes=tuple(notes)))
+        reshard(self.model)  # FSDP2 may hold the root unsharded (after a no-grad forward): write the shards
+        target = self.adapter_state_dict(task)
         with torch.no_grad():
             for key, value in state_dict.items():
-                target[key].copy_(value.to(device=target[key].device, dtype=target[key].dtype))
+                write_full(target[key], value, key)  # an FSDP2 shard takes its own part of the value

@@ -83,7 +83,7 @@ def init_deltas(patch: Any, plan_dict: dict[str, Any], tokenizer: Any = None) ->
             embedding that is not a plain ``nn.Embedding``, or DoRA on
             quantized storage that FSDP2 sharded.
     """
-    _reshard(patch.model)
+    reshard(patch.model)
     _check(patch, plan_dict, tokenizer)
     counts: dict[str, int] = {}
     with torch.no_grad():
@@ -102,7 +102,7 @@ def init_deltas(patch: Any, plan_dict: dict[str, Any], tokenizer: Any = None) ->
     return counts
 
 
-def _reshard(model: Any) -> None:
+def reshard(model: Any) -> None:
     """Puts FSDP2's sharded parameters back in their slots (a local step, no communication).
 
     Why: after a forward without gradients FSDP2 leaves the root module's
@@ -270,7 +270,7 @@ def write_full(target: torch.Tensor, full: torch.Tensor, name: str) -> None:
     """
     if tuple(full.shape) != tuple(target.shape):  # a DTensor's shape is the global one
         raise RuntimeApplyError(Diagnostic(
-            f"init_deltas: '{name}' has shape {tuple(target.shape)}, its initial value {tuple(full.shape)}",
+            f"'{name}' has shape {tuple(target.shape)}, the value to write {tuple(full.shape)}",
             obj=name))
     full = full.to(dtype=target.dtype)
     if sharding_engine(target) == FSDP2:

@@ -13,7 +13,9 @@ slot's name) for parts and prompts; a :class:`TuneRef` for a ``tune`` delta's
 copy, which sits in the base module's own slot only while a task using it is
 active (:mod:`adaptlang.runtime.tune`). ``ref.get()`` reads the slot now.
 Module objects are kept by every engine here (FSDP2 changes their class in
-place; FSDP1 wraps them but keeps them in its tree; DDP leaves them alone).
+place; FSDP1 wraps them but keeps them in its tree; DDP leaves them alone;
+DeepSpeed ZeRO-3 keeps modules and parameter objects alike, and swaps each
+parameter's ``data`` between an empty placeholder and the full value).
 
 What still holds tensors across calls, and why that is safe:
 

@@ -12,13 +12,24 @@ Three kinds of sharded parameter reach adaptlang:
   parameter is cut into equal consecutive chunks), so the full value is the
   concatenation of every rank's slice, reshaped. Inside
   ``summon_full_params`` each rank holds all of it instead;
-* **DeepSpeed ZeRO-3**: a parameter with ``ds_id``; refused (not gathered).
+* **DeepSpeed ZeRO-3**: the original ``Parameter`` object, marked with
+  ``ds_id`` (its full shape is ``ds_shape``); outside a forward its
+  ``data`` is an empty placeholder and this rank's partition lies in
+  ``ds_tensor``. ``deepspeed.zero.GatheredParameters`` makes the full value
+  the parameter's ``data`` on every rank until the context exits (a
+  collective).
 
 :func:`gather_full` returns full CPU copies of a set of tensors; it is
 collective when any of them is sharded (every rank must call it with the
 same keys, in the same order), and checks every result's shape against the
 shape the delta was made with, so a gather that cannot give the full value
 is an error, never a wrong file.
+
+Values are only ever *read* this way. Writing into a ZeRO-3 parameter is
+refused (:func:`refuse_zero3_writes`): ZeRO-3's optimizer keeps its own
+full-precision copy of each partition and writes it back into the
+parameters at every step, so values copied into them after
+``deepspeed.initialize`` would be lost without a word.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from adaptlang.errors import Diagnostic, RuntimeApplyError
 
 __all__ = [
     "FSDP1", "FSDP2", "ZERO3", "check_not_wrapped", "gather_full", "is_distributed", "model_engine",
-    "sharding_engine", "refuse_if_sharded",
+    "sharding_engine", "refuse_if_sharded", "refuse_zero3_writes",
 ]
 
 FSDP2 = "FSDP2 (fully_shard)"
@@ -135,12 +146,34 @@ def check_not_wrapped(model: Any) -> None:
                  "'Training on several devices')"))
 
 
+def refuse_zero3_writes(tensors: Any, what: str) -> None:
+    """Raises a clear error when any of ``tensors`` is a DeepSpeed ZeRO-3 parameter (values go in before the engine).
+
+    Why: outside a forward a ZeRO-3 parameter holds no values (an empty
+    placeholder; its shape is not the full one), and its optimizer keeps a
+    full-precision copy of every partition that the next step writes back,
+    so values copied in after ``deepspeed.initialize`` would not last.
+
+    Args:
+        tensors: The tensors about to be written.
+        what: What would write them (``"load_adapter_state_dict()"``), for the message.
+
+    Raises:
+        RuntimeApplyError: Naming ZeRO-3, with what to do instead.
+    """
+    refuse_if_sharded([t for t in tensors if sharding_engine(t) == ZERO3], what,
+                      "load the values before deepspeed.initialize(): adaptlang.load(model, bundle), or "
+                      "load_adapter_state_dict() on the unsharded model, then build the engine (ZeRO-3 "
+                      "partitions the values the model holds then)")
+
+
 def gather_full(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     """Returns a full, detached CPU copy of every tensor (module docstring).
 
-    Collective when any tensor is sharded by FSDP1 or FSDP2: every rank must
-    call it with the same keys in the same order (the sharding is the same on
-    every rank, so every rank takes the same path).
+    Collective when any tensor is sharded (FSDP1, FSDP2, ZeRO-3): every rank
+    must call it with the same keys in the same order (the sharding is the
+    same on every rank, so every rank takes the same path). ZeRO-3
+    parameters are gathered together, in one ``GatheredParameters`` context.
 
     Args:
         tensors: Name -> the tensor as the model holds it now.
@@ -151,19 +184,20 @@ def gather_full(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, .
         FSDP1 must be able to resize its own after ``summon_full_params``).
 
     Raises:
-        RuntimeApplyError: A ZeRO-3 parameter, a sharded tensor outside a
-            process group, or a gathered value whose size is not the full shape's.
+        RuntimeApplyError: A ZeRO-3 parameter without ``deepspeed`` to import,
+            a sharded tensor outside a process group, or a gathered value
+            whose size is not the full shape's.
     """
     engines = {name: sharding_engine(t) for name, t in tensors.items()}
-    refuse_if_sharded([t for n, t in tensors.items() if engines[n] == ZERO3], "gathering delta values",
-                      "use FSDP2, FSDP1 (use_orig_params=True) or DDP; see the README, 'Training on several devices'")
     flat_names = [n for n, e in engines.items() if e == FSDP1]
+    zero3_names = [n for n, e in engines.items() if e == ZERO3]
     if any(engines.values()) and not (dist.is_available() and dist.is_initialized()):
         raise RuntimeApplyError(Diagnostic(
             "the delta parameters are sharded but no process group is running",
             hint="save from every rank, before destroy_process_group()"))
     pieces = _gather_flat_pieces([tensors[n] for n in flat_names]) if flat_names else []
     flat = dict(zip(flat_names, pieces))
+    zero3 = _gather_zero3({n: tensors[n] for n in zero3_names}, shapes) if zero3_names else {}
     out: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
         shape = tuple(shapes[name])
@@ -171,6 +205,8 @@ def gather_full(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, .
             full = tensor.full_tensor().detach().to("cpu", copy=True)
         elif engines[name] == FSDP1:
             full = _join_flat(flat[name], shape, name)
+        elif engines[name] == ZERO3:
+            full = zero3[name]
         else:
             full = tensor.detach().to("cpu", copy=True)
         if tuple(full.shape) != shape:
@@ -178,6 +214,38 @@ def gather_full(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, .
                 f"gathering '{name}' gave shape {tuple(full.shape)}, not its full shape {shape}", obj=name,
                 hint="save outside any engine context that reshapes parameters"))
         out[name] = full.contiguous()
+    return out
+
+
+def _gather_zero3(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Full CPU copies of ZeRO-3 parameters, gathered in one ``GatheredParameters`` context (a collective).
+
+    ``modifier_rank=None``: the values are only read, so nothing is written
+    back when the context exits. A parameter that is already whole (inside
+    the caller's own ``GatheredParameters``) is copied as it is: gathering it
+    again would raise (DeepSpeed refuses overlapping contexts), and our
+    context's exit would partition it under the caller's feet.
+    """
+    try:
+        import deepspeed
+    except ImportError as exc:
+        raise RuntimeApplyError(Diagnostic(
+            f"the delta parameters are sharded by {ZERO3}, but deepspeed cannot be imported here to gather them: "
+            f"{exc}", hint="save in the process that trains the model, with the same deepspeed installed")) from exc
+    for name, tensor in tensors.items():
+        full_shape = tuple(getattr(tensor, "ds_shape", ()))
+        if full_shape != tuple(shapes[name]):
+            raise RuntimeApplyError(Diagnostic(
+                f"'{name}' has the full shape {full_shape} under {ZERO3} (ds_shape), not {tuple(shapes[name])}, "
+                "the shape it was made with", obj=name))
+    whole = [t for t in tensors.values() if getattr(getattr(t, "ds_status", None), "name", None) == "AVAILABLE"]
+    whole_ids = {id(t) for t in whole}
+    # One list, in the same order on every rank (DeepSpeed also sorts it by ds_id and drops repeats).
+    partitioned = [t for t in tensors.values() if id(t) not in whole_ids]
+    out: dict[str, torch.Tensor] = {}
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+        for name, tensor in tensors.items():
+            out[name] = tensor.detach().to("cpu", copy=True)
     return out
 
 

@@ -157,6 +157,17 @@ def switch_and_refuse(engine: str, folder: str) -> dict[str, object]:
         errors["unmerge"] = None
     except adaptlang.AdaptError as exc:
         errors["unmerge"] = str(exc)
+    # Loading values into a sharded model: each FSDP2 rank writes its shard (after a no-grad forward, which
+    # leaves the root unsharded); FSDP1 refuses.
+    with torch.no_grad():
+        call(input_ids=ids)
+    values = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(5))
+              for k, v in ref_handle.full_adapter_state_dict("th").items()}
+    try:
+        adapted.load_adapter_state_dict(values, "th")
+        out["loaded"] = max_diff(adapted.full_adapter_state_dict("th"), values)
+    except adaptlang.AdaptError as exc:
+        out["loaded"] = str(exc)
     bare = build()
     shard(bare, engine)
     try:
@@ -196,3 +207,6 @@ def test_switching_tasks_on_a_sharded_model_and_what_refuses(engine: str, tmp_pa
         assert r["active"] == "ta"
         if engine == "fsdp1":
             assert r["inside"] <= 1e-6 and r["after_summon"] <= 1e-6
+            assert "load_adapter_state_dict() is not supported on a model wrapped by FSDP1" in r["loaded"]
+        else:
+            assert r["loaded"] == 0.0

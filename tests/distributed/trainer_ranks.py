@@ -16,7 +16,7 @@ and the trained model's logits on :func:`probe` (which the saved bundle,
 loaded onto a fresh model, must reproduce).
 
 Usage: ``python -m torch.distributed.run --nproc-per-node 2 trainer_ranks.py ENGINE OUT``
-with ENGINE ``ddp``, ``fsdp1`` or ``fsdp2``.
+with ENGINE ``ddp``, ``fsdp1`` or ``fsdp2`` (``zero3``: through ``zero3_ranks.py``).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def probe() -> torch.Tensor:
 
 
 def training_args(out: Path, engine: str) -> Any:
-    """``TrainingArguments`` for ``engine`` (``ddp``, ``fsdp1``, ``fsdp2``) on CPU with gloo."""
+    """``TrainingArguments`` for ``engine`` (``ddp``, ``fsdp1``, ``fsdp2``, ``zero3``) on CPU with gloo."""
     from transformers import TrainingArguments
 
     extra: dict[str, Any] = {}
@@ -119,6 +119,11 @@ def training_args(out: Path, engine: str) -> Any:
         if engine == "fsdp1":
             config["use_orig_params"] = True
         extra.update(fsdp=True, fsdp_config=config)
+    elif engine == "zero3":  # tests/distributed/zero3_ranks.py runs this one (DS_ACCELERATOR=cpu)
+        extra["deepspeed"] = {
+            "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto", "zero_allow_untested_optimizer": True}
     else:
         raise ValueError(f"unknown engine {engine!r}")
     return TrainingArguments(

@@ -101,7 +101,7 @@ def test_the_engines_are_told_apart_by_their_marks() -> None:
 def test_gathering_refuses_what_it_cannot_gather() -> None:
     zero = torch.zeros(3)
     zero.ds_id = 7
-    with pytest.raises(RuntimeApplyError, match="not supported on a model sharded by DeepSpeed ZeRO-3"):
+    with pytest.raises(RuntimeApplyError, match="sharded but no process group is running"):
         gather_full({"x": zero}, {"x": (3,)})
     flat = torch.zeros(2)
     flat._fsdp_flattened = True
@@ -111,6 +111,35 @@ def test_gathering_refuses_what_it_cannot_gather() -> None:
     assert torch.equal(out["x"], torch.arange(6.0).view(2, 3))
     with pytest.raises(RuntimeApplyError, match=r"gave shape \(2, 3\), not its full shape \(3, 2\)"):
         gather_full({"x": torch.zeros(2, 3)}, {"x": (3, 2)})
+
+
+def test_gathering_zero3_without_deepspeed_says_so(tmp_path, monkeypatch) -> None:
+    """A ZeRO-3 parameter where ``import deepspeed`` fails: a clear error, not a wrong file."""
+    import sys
+
+    import torch.distributed as dist
+
+    param = nn.Parameter(torch.empty(0))  # ZeRO-3's placeholder outside a forward
+    param.ds_id, param.ds_shape = 0, torch.Size((2, 3))
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed raises ImportError
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        with pytest.raises(RuntimeApplyError, match="sharded by DeepSpeed ZeRO-3, but deepspeed cannot be imported"):
+            gather_full({"x": param}, {"x": (2, 3)})
+    finally:
+        dist.destroy_process_group()
+
+
+def test_loading_values_into_zero3_parameters_is_refused() -> None:
+    """They would not last: ZeRO-3's optimizer writes its own copy back at every step (tests/distributed)."""
+    adapted = adaptlang.apply(tiny_llama(), SPEC)
+    values = adapted.full_adapter_state_dict()
+    before = {k: v.clone() for k, v in values.items()}
+    next(iter(adapted.delta_parameters("a").values())).ds_id = 3  # as ZeRO-3 marks the parameters it partitions
+    with pytest.raises(RuntimeApplyError, match=r"load_adapter_state_dict\(\) is not supported on a model sharded "
+                                                r"by DeepSpeed ZeRO-3(.|\n)*before deepspeed.initialize"):
+        adapted.load_adapter_state_dict({k: torch.zeros_like(v) for k, v in values.items()})
+    assert all(torch.equal(v, before[k]) for k, v in adapted.adapter_state_dict().items())  # nothing written
 
 
 def test_fsdp1_pieces_join_in_rank_order() -> None:
