@@ -28,7 +28,8 @@ from adaptlang.runtime.copying import attach_handle, deepcopy_handle, handle_of,
 from adaptlang.runtime.adapted_merge import MergeMethods, tied_parameter_ids
 from adaptlang.runtime.adapted_params import ParameterMethods
 from adaptlang.runtime.mixed import run_mixed, run_plain
-from adaptlang.runtime.shards import check_not_wrapped, refuse_if_sharded
+from adaptlang.runtime.init_values import reshard
+from adaptlang.runtime.shards import check_not_wrapped, refuse_fsdp1_call, refuse_if_sharded
 from adaptlang.runtime.transaction import Patch, TaskConfig, check_not_adapted, patch_model
 
 __all__ = ["Adapted", "apply", "tied_parameter_ids"]
@@ -118,13 +119,17 @@ class Adapted(ParameterMethods, MergeMethods):
         # Flags go on the parameters the model holds now (an engine may have replaced the objects).
         new = config.trainable
         if self._trainable_now is not new:
+            # After a no-grad forward FSDP2's root holds stand-in unsharded parameters: a flag set on one
+            # would never reach the sharded parameter the optimizer steps.
+            reshard(self.model)
             keep = config.trainable_ids
             for ref in self._trainable_now:
                 if id(ref) not in keep:
                     ref.get().requires_grad_(False)
             for ref in new:
                 ref.get().requires_grad_(True)
-            self._trainable_epoch += 1  # engines built on the old set (a DDP wrapper) are stale now
+            if keep != frozenset(id(ref) for ref in self._trainable_now):
+                self._trainable_epoch += 1  # engines built on the old set (a DDP wrapper) are stale now
         self._trainable_now = new
         self._active = task
         return TaskSwitch(self, previous if previous is not None else task)
@@ -190,6 +195,7 @@ class Adapted(ParameterMethods, MergeMethods):
         if tasks is None:
             with self._gate.forward():
                 self._check_live()
+                refuse_fsdp1_call(self.model)
                 return self.model.generate(*args, **kwargs)
         return run_mixed(self, args, kwargs, tasks, generate=True)
 

@@ -55,6 +55,7 @@ from adaptlang.runtime.lora import build_lora_part
 from adaptlang.runtime.prompt_parts import PromptPart, check_plain_embedding, init_prompt, missing_tokenizer
 from adaptlang.runtime.shards import FSDP2, sharding_engine
 from adaptlang.runtime.sparse import SparsePart
+from adaptlang.runtime.tune import split_param_path
 
 __all__ = ["init_deltas"]
 
@@ -232,15 +233,28 @@ def _base_tensor(patch: Any, path: str, name: str) -> torch.Tensor:
 def _fill_tune_outside(patch: Any) -> None:
     """After loading a meta-applied model: every tune tensor outside the tree gets its slot's loaded value.
 
-    Loading wrote the base values into whatever sat in each slot; the
-    originals and copies kept outside the tree were left unset by ``to_empty``.
+    Loading wrote the base values into whatever sat in each slot (for a tied
+    tensor: into the slot of the name the checkpoint kept); the originals and
+    copies kept outside the tree were left unset by ``to_empty``.
     Slots in insertion order, the same on every rank (``full_tensor`` is collective).
     """
     tune = patch.tune
+    ties = patch.base_ties or {}
     for key, module in tune.modules.items():
-        loaded = full_value(module._parameters[key[1]])
+        in_slot = source = module._parameters[key[1]]
+        # A tensor tied to other names (lm_head.weight and the embedding) is saved once, under one of them
+        # (save_pretrained drops the duplicate; strict=False loading says nothing): take the value from a
+        # tied name that no tune delta occupies, which holds the original and was loaded.
+        for other in ties.get(id(tune.originals[key]), ()):
+            slot = split_param_path(other)
+            if slot != key and slot not in tune.modules:
+                source = resolve_module(patch.model, slot[0], unwrap=True)._parameters[slot[1]]
+                break
+        loaded = full_value(source)
         holder = tune.holder[key]
         outside = [] if holder is None else [tune.originals[key]]
+        if source is not in_slot and holder is not None:
+            outside.append(in_slot)  # the copy in the slot was not loaded either: its name was not saved
         outside += [copies[key] for delta, copies in tune.copies.items() if key in copies and delta != holder]
         for tensor in outside:
             write_full(tensor, loaded, f"{key[0]}.{key[1]}")

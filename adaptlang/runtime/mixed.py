@@ -49,6 +49,7 @@ from adaptlang.errors import Diagnostic, RuntimeApplyError, UsageError, did_you_
 from adaptlang.runtime.concurrency import CALL_PROGRAMS, call_programs
 from adaptlang.runtime.layers import first_input
 from adaptlang.runtime.program import FULL
+from adaptlang.runtime.shards import refuse_fsdp1_call
 
 __all__ = ["BatchDispatch", "MixedLayout", "check_tasks", "expansion", "run_mixed", "run_plain"]
 
@@ -198,6 +199,7 @@ def run_mixed(adapted: Any, args: tuple, kwargs: dict, tasks: Any, *, generate: 
         RuntimeApplyError: Unknown or unmixable tasks, a merged model, or a failure in the call.
     """
     adapted._check_live()
+    refuse_fsdp1_call(adapted.model)
     patch = adapted._patch
     names = check_tasks(tasks, patch.configs, batch_size(args, kwargs))
     if torch.is_grad_enabled() and adapted.model.training and _checkpointing(adapted.model):
@@ -268,6 +270,7 @@ def run_plain(adapted: Any, args: tuple, kwargs: dict) -> Any:
     """``adapted(...)`` without ``tasks``: the active task for every row, beside other calls (under the gate)."""
     with adapted._gate.forward():
         adapted._check_live()  # a call that waited while another thread removed the patch must not run bare
+        refuse_fsdp1_call(adapted.model)
         if CALL_PROGRAMS.get() is None:
             return adapted.model(*args, **kwargs)
         # Made from inside a mixed-task call (a hook): the active task, not the outer call's rows.

@@ -35,18 +35,21 @@ class PromptPart(nn.Module):
         super().__init__()
         # Kept in fp32 as PEFT does; cast to the embeddings' dtype per call.
         self.weight = nn.Parameter(torch.zeros(tokens, dim, device=device, dtype=torch.float32))  # (N, D)
-
-    @property
-    def tokens(self) -> int:
-        """Number of virtual tokens."""
-        return self.weight.shape[0]
+        # The sizes, kept apart from the weight: DeepSpeed ZeRO-3 empties a partitioned weight between calls.
+        self.tokens = int(tokens)  # N, the number of virtual tokens
+        self.dim = int(dim)  # D
 
     def adapter_params(self) -> dict[str, nn.Parameter]:
         """Returns the trainable parameters by local name (``weight``: (N, D))."""
         return {"weight": self.weight}
 
-    def expand(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
-        """Returns the prompt for a batch: (B, N, D) in ``dtype``."""
+    def forward(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
+        """Returns the prompt for a batch: (B, N, D) in ``dtype``.
+
+        Called as a module (``part(batch, dtype)``), never through the weight
+        alone: an engine that gathers a module's parameters around its call
+        (DeepSpeed ZeRO-3) then gathers the prompt too.
+        """
         return self.weight.to(dtype).unsqueeze(0).expand(batch, -1, -1)
 
 

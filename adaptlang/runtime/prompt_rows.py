@@ -62,10 +62,12 @@ def prompt_block(parts: dict[str, Any], layout: Layout, dtype: torch.dtype, devi
     names = layout.names
     first = names[0]
     if first is not None and all(name == first for name in names):
-        return parts[first].expand(len(names), dtype).to(device)  # (B, N, D): one prompt for all
-    dim = next(parts[n] for n in names if n is not None).weight.shape[1]
+        return parts[first](len(names), dtype).to(device)  # (B, N, D): one prompt for all
+    dim = next(parts[n] for n in names if n is not None).dim
+    # Each prompt through its module call, once (ZeRO-3 gathers a module's parameters around its call).
+    vectors = {name: parts[name](1, dtype)[0].to(device) for name in set(names) if name is not None}  # (N, D)
     blocks = []
     for name, n in zip(names, layout.counts.tolist()):
         pad = torch.zeros(layout.width - n, dim, dtype=dtype, device=device)
-        blocks.append(pad if name is None else torch.cat([pad, parts[name].weight.to(device, dtype)], 0))
+        blocks.append(pad if name is None else torch.cat([pad, vectors[name]], 0))
     return torch.stack(blocks)  # (B, P, D)

@@ -39,10 +39,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from adaptlang.errors import Diagnostic, RuntimeApplyError
+from adaptlang.errors import Diagnostic, RuntimeApplyError, UsageError
 
 __all__ = [
-    "FSDP1", "FSDP2", "ZERO3", "check_not_wrapped", "gather_full", "is_distributed", "model_engine",
+    "FSDP1", "FSDP2", "ZERO3", "check_not_wrapped", "gather_full", "refuse_fsdp1_call", "is_distributed", "model_engine",
     "sharding_engine", "refuse_if_sharded", "refuse_zero3_writes",
 ]
 
@@ -167,6 +167,25 @@ def refuse_zero3_writes(tensors: Any, what: str) -> None:
                       "partitions the values the model holds then)")
 
 
+def refuse_fsdp1_call(model: Any) -> None:
+    """Refuses calling an FSDP1-wrapped model through its adaptlang handle (``adapted(...)``, ``generate``).
+
+    Why: the handle holds the inner model; FSDP1 gathers the full weights only
+    when its wrapper is called, so the inner model sees 1-D shards. Cheap (the
+    first parameter only: every parameter of an FSDP1-wrapped model is marked),
+    since it runs on every call.
+
+    Raises:
+        UsageError: The first parameter is an FSDP1 shard.
+    """
+    first = next(iter(model.parameters()), None)
+    if first is not None and getattr(first, "_fsdp_flattened", False):
+        raise UsageError(Diagnostic(
+            "this model is wrapped by FSDP1: calling it through its adaptlang handle skips the wrapper, which "
+            "gathers the weights", hint="call the FullyShardedDataParallel wrapper (per-row tasks and "
+                                        "generate through the handle need an unwrapped or FSDP2 model)"))
+
+
 def gather_full(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     """Returns a full, detached CPU copy of every tensor (module docstring).
 
@@ -195,6 +214,8 @@ def gather_full(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, .
         raise RuntimeApplyError(Diagnostic(
             "the delta parameters are sharded but no process group is running",
             hint="save from every rank, before destroy_process_group()"))
+    if any(engines.values()):
+        _check_same_names(list(tensors))
     pieces = _gather_flat_pieces([tensors[n] for n in flat_names]) if flat_names else []
     flat = dict(zip(flat_names, pieces))
     zero3 = _gather_zero3({n: tensors[n] for n in zero3_names}, shapes) if zero3_names else {}
@@ -247,6 +268,24 @@ def _gather_zero3(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int,
         for name, tensor in tensors.items():
             out[name] = tensor.detach().to("cpu", copy=True)
     return out
+
+
+def _check_same_names(names: list[str]) -> None:
+    """Raises on every rank unless every rank gathers the same tensors, in the same order (one collective).
+
+    Why: each tensor is gathered by its place in the list; ranks asking for
+    different tasks would join one task's shards with another's (same shapes).
+    """
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, names)
+    if any(other != names for other in everyone):
+        sets = [set(other) for other in everyone]
+        differ = sorted(set.union(*sets) - set.intersection(*sets)) or ["(the same names, in another order)"]
+        raise RuntimeApplyError(Diagnostic(
+            "the ranks asked for different delta values to gather; on a sharded model every rank must ask for "
+            "the same tasks", hint="call save()/full_adapter_state_dict() with the same tasks on every rank "
+                                   "(the active task may differ between ranks: name the task)",
+            notes=tuple(f"not on every rank: {n}" for n in differ[:5])))
 
 
 def _gather_flat_pieces(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:

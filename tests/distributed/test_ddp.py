@@ -10,6 +10,7 @@ copy), and a new ``wrap_ddp()`` trains exactly like one process again.
 from __future__ import annotations
 
 import pytest
+import torch
 import torch.distributed as dist
 
 from tests.distributed.launch import run_ranks
@@ -29,6 +30,7 @@ adapter b {
 }
 task ta = a
 task tb = frozen(a) + b
+task ta_half = 0.5 * a + frozen(b)
 """
 
 
@@ -69,7 +71,12 @@ def switch_under_ddp() -> dict[str, object]:
     model = build()
     adapted = adaptlang.apply(model, SPEC)
     old = adapted.wrap_ddp()
-    sgd(old, adapted, my_rows(ids), 2)
+    sgd(old, adapted, my_rows(ids), 1)
+    adapted.use("ta_half")  # the same parameters train: the wrapper still fits
+    with torch.no_grad():
+        old(input_ids=my_rows(ids))
+    adapted.use("ta")
+    sgd(old, adapted, my_rows(ids), 1)
     adapted.use("tb")
     try:
         old(input_ids=my_rows(ids))

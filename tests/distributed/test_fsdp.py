@@ -178,6 +178,11 @@ def switch_and_refuse(engine: str, folder: str) -> dict[str, object]:
     out["errors"] = errors
     out["active"] = adapted.active_task
     if engine == "fsdp1":
+        try:  # the handle holds the inner model, which sees FSDP1's flat shards: refused, not a torch error
+            adapted(input_ids=ids)
+            out["handle_call"] = None
+        except adaptlang.AdaptError as exc:
+            out["handle_call"] = str(exc)
         # Saving inside summon_full_params (every rank holds full values) writes the same bundle, and the
         # engine can still reshard afterwards (the bundle holds copies, not the engine's storage).
         saved_ref = ref_handle.full_adapter_state_dict("ta")
@@ -208,5 +213,68 @@ def test_switching_tasks_on_a_sharded_model_and_what_refuses(engine: str, tmp_pa
         if engine == "fsdp1":
             assert r["inside"] <= 1e-6 and r["after_summon"] <= 1e-6
             assert "load_adapter_state_dict() is not supported on a model wrapped by FSDP1" in r["loaded"]
+            assert "this model is wrapped by FSDP1: calling it through its adaptlang handle" in r["handle_call"]
         else:
             assert r["loaded"] == 0.0
+
+
+EVAL_SPEC = """adaptlang 1
+lora a {
+ on layers[*].self_attn.{q_proj, v_proj}
+ rank 4
+}
+prompt p {
+ tokens 3
+ init random
+}
+task ta = a
+task tpa = p + a
+task tp = p
+"""
+
+
+def _eval_then_switch(call, adapted, ids) -> None:
+    """ta one step, an evaluation forward without gradients, then tpa for 2 steps (the prompt is in the root group)."""
+    sgd(call, adapted, ids, 1)
+    with torch.no_grad():
+        call(input_ids=ids)
+    adapted.use("tpa")
+    sgd(call, adapted, ids, 2)
+
+
+def after_an_evaluation(folder: str) -> dict[str, object]:
+    """Per rank (FSDP2): a task switch after a no-grad forward; saves and handle calls that must refuse."""
+    import adaptlang
+
+    ids = batch()
+    ref = build()
+    ref_handle = adaptlang.apply(ref, EVAL_SPEC)
+    _eval_then_switch(ref, ref_handle, ids)
+    model = build()
+    adapted = adaptlang.apply(model, EVAL_SPEC)
+    call = shard(model, "fsdp2")
+    _eval_then_switch(call, adapted, my_rows(ids))
+    out: dict[str, object] = {"tpa": max_diff(adapted.full_adapter_state_dict("tpa"),
+                                              ref_handle.full_adapter_state_dict("tpa"))}
+    # Ranks that ask for different tasks (same shapes) must not write one file of both.
+    try:
+        adapted.save(Path(folder) / "mixed", tasks=["ta" if dist.get_rank() == 0 else "tp"])
+        out["different_tasks"] = None
+    except adaptlang.AdaptError as exc:
+        out["different_tasks"] = str(exc)
+    try:
+        adapted.full_adapter_state_dict("ta" if dist.get_rank() == 0 else "tp")
+        out["different_gather"] = None
+    except adaptlang.AdaptError as exc:
+        out["different_gather"] = str(exc)
+    out["written"] = sorted(p.name for p in Path(folder).rglob("*.safetensors"))
+    return out
+
+
+def test_a_switch_after_an_evaluation_trains_the_root_group_and_ranks_must_agree(tmp_path: Path) -> None:
+    """After a no-grad forward FSDP2 leaves the root's parameters unsharded: flags must still reach the shards."""
+    for r in run_ranks(after_an_evaluation, args=(str(tmp_path),), timeout=120):
+        assert r["tpa"] <= 1e-6, r
+        assert "the ranks called save(tasks=..., dtype=...) with different arguments" in r["different_tasks"]
+        assert "the ranks asked for different delta values to gather" in r["different_gather"]
+        assert r["written"] == []

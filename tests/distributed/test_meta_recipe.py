@@ -182,3 +182,57 @@ def test_each_rank_holds_half_of_the_base(run):
     # torch.chunk gives the first ranks ceil(rows / 2) rows of each tensor: at most one row per tensor over.
     assert all(abs(n - total / WORLD) <= result["slack"] for n in held)
     print(f"base bytes per rank {held} of {total} (slack {result['slack']}); {result['seconds']:.1f} s")
+
+
+TIED_SPEC = "adaptlang 1\ntune head {\n    params lm_head.weight\n}\n"  # one name of the tied tensor
+
+
+def tied_config():
+    from transformers import LlamaConfig
+
+    # As Llama-3.2-1B: one tensor for the embedding and the head, which the checkpoint keeps once.
+    return LlamaConfig(**{**build_config().to_dict(), "tie_word_embeddings": True})
+
+
+def tied_rank_main(folder: str) -> dict:
+    """The recipe on a tied model with a tune delta on ``lm_head.weight`` only: initial values and logits."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+    from transformers import LlamaForCausalLM
+
+    config = tied_config()
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    adapted = adaptlang.apply(model, TIED_SPEC, seed=SEED)
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    model.to_empty(device="cpu")
+    checkpoint = load_file(next((Path(folder) / "tied").glob("*.safetensors"))) if dist.get_rank() == 0 else {}
+    keys = sorted(checkpoint)  # (set_model_state_dict adds to the dict it is given)
+    set_model_state_dict(model, checkpoint, options=StateDictOptions(
+        full_state_dict=True, broadcast_from_rank0=True, strict=False))
+    for name, value in type(model.model.rotary_emb)(config).named_buffers():
+        model.model.rotary_emb.get_buffer(name).copy_(value)
+    adapted.init_deltas()
+    with torch.no_grad():
+        logits = model(input_ids=batches()[0]).logits
+    return {"keys": keys, "initial": adapted.full_adapter_state_dict(), "logits": logits}
+
+
+def test_a_tied_checkpoint_gives_a_tune_delta_on_one_name_its_values(tmp_path):
+    """The checkpoint has no ``lm_head.weight`` (saved once, as the embedding): the copy must come from there."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    real = LlamaForCausalLM(tied_config())
+    real.save_pretrained(tmp_path / "tied")
+    reference = adaptlang.apply(real, TIED_SPEC, seed=SEED)
+    result = run_ranks(tied_rank_main, world=WORLD, timeout=TIMEOUT_S, args=(str(tmp_path),))[0]
+    assert "lm_head.weight" not in result["keys"] and "model.embed_tokens.weight" in result["keys"]
+    want = reference.full_adapter_state_dict()
+    assert result["initial"].keys() == want.keys()
+    assert all(torch.equal(result["initial"][k], want[k]) for k in want)
+    with torch.no_grad():
+        assert torch.equal(result["logits"], real(input_ids=batches()[0]).logits)

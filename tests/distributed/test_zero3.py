@@ -46,7 +46,7 @@ def zero3_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DS_ACCELERATOR", "cpu")  # the ranks inherit the environment
         run_ranks(HERE / "zero3_ranks.py", str(out))
-    return out / "kinds", [torch.load(out / "kinds" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    return out / "kinds", [torch.load(out / "kinds" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def trainer_run(zero3_run):
 def test_training_under_zero3_equals_one_process(zero3_run):
     _, records = zero3_run
     for rank, per_kind in enumerate(records):
-        assert list(per_kind) == ["lora", "ia3", "adapter"]
+        assert list(per_kind) == ["lora", "ia3", "prompt", "adapter"]
         for kind, r in per_kind.items():
             where = f"rank {rank}, {kind}"
             assert r["engine"] == ZERO3, where
@@ -70,7 +70,8 @@ def test_training_under_zero3_equals_one_process(zero3_run):
             assert max_diff(r["got_inside"], r["got"]) == 0.0, where  # inside the user's GatheredParameters
             assert max_diff(r["got_again"], r["got"]) == 0.0, where  # after the task switches
         # lora and ia3 are partitioned (persistence threshold 0); the adapter's parameters stay whole.
-        assert not any(per_kind["lora"]["whole_after_training"] + per_kind["ia3"]["whole_after_training"])
+        assert not any(per_kind["lora"]["whole_after_training"] + per_kind["ia3"]["whole_after_training"]
+                       + per_kind["prompt"]["whole_after_training"])
         assert all(per_kind["adapter"]["whole_after_training"])
 
 

@@ -52,7 +52,7 @@ CONFIG: dict[str, Any] = {
 #: under: the adapter keeps DeepSpeed's default persistence threshold, so its small parameters stay whole on
 #: every rank after the first forward (gathering then copies them as they are). Each spec also gets the
 #: extra tasks below.
-TRAINED = {"lora": CONFIG, "ia3": CONFIG,
+TRAINED = {"lora": CONFIG, "ia3": CONFIG, "prompt": CONFIG,  # the prompt: gathered around its module call
            "adapter": {**CONFIG, "zero_optimization": {"stage": 3}}}
 #: Task ``other``: a LoRA on other modules (switching to it needs no slot swap); ``tuned``: a tune delta,
 #: whose copy is not in the slot while ``t`` is active (switching to it would swap a slot).
