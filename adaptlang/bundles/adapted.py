@@ -18,10 +18,11 @@ from torch import nn
 from adaptlang.bundles.bundle import TASK_NAME, build_bundle, write_bundles
 from adaptlang.bundles.files import make_folder
 from adaptlang.bundles.manifest import Provenance, describe_structure, restrict_plan
-from adaptlang.bundles.ranks import on_rank_zero, same_on_every_rank
+from adaptlang.bundles.ranks import on_rank_zero
 from adaptlang.errors import Diagnostic, UsageError, did_you_mean
 from adaptlang.runtime.adapted import Adapted
 from adaptlang.runtime.adapted import apply as runtime_apply
+from adaptlang.runtime.shards import same_on_every_rank
 
 __all__ = ["BundleAdapted", "apply_spec_or_plan", "apply_with_provenance"]
 
@@ -129,7 +130,8 @@ class BundleAdapted(Adapted):
                 for task in names
             ]
             return write_bundles(bundles)
-        same_on_every_rank((names, str(dtype)), "save(tasks=..., dtype=...)")
+        same_on_every_rank((names, str(dtype)), "the ranks called save(tasks=..., dtype=...) with different "
+                           "arguments; on a sharded model every rank must pass the same")
         tensors = {task: self.full_bundle_tensors(task) for task in names}  # collective: every rank gathers
 
         def write() -> list[Path]:
@@ -164,7 +166,8 @@ class BundleAdapted(Adapted):
             tensors = {k: v.detach().to("cpu") for k, v in self.bundle_tensors(task).items()}
             return export_peft_adapter(self.task_plan(task), task, tensors, Path(folder),
                                        structure=self._structure, base_model=base_model)
-        same_on_every_rank(task, "export_peft(task=...) (default: the active task)")
+        same_on_every_rank(task, "the ranks called export_peft(task=...) with different tasks (default: the "
+                           "active task); on a sharded model every rank must pass the same")
         full = self.full_bundle_tensors(task)  # collective, as save()
         return on_rank_zero(lambda: export_peft_adapter(self.task_plan(task), task, full, Path(folder),
                                                         structure=self._structure, base_model=base_model),

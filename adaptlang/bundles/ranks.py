@@ -15,9 +15,9 @@ from typing import Callable, TypeVar
 
 import torch.distributed as dist
 
-from adaptlang.errors import AdaptError, BundleError, Diagnostic, UsageError
+from adaptlang.errors import AdaptError, BundleError, Diagnostic
 
-__all__ = ["on_rank_zero", "same_on_every_rank"]
+__all__ = ["on_rank_zero"]
 
 T = TypeVar("T")
 
@@ -55,24 +55,3 @@ def on_rank_zero(write: Callable[[], T], elsewhere: T) -> T:
                                      notes=tuple(outcome[0].splitlines()[1:4])))
     return result
 
-
-def same_on_every_rank(value: object, what: str) -> None:
-    """Raises on every rank unless every rank passed the same ``value`` (one collective).
-
-    Why: a collective save gathers each tensor by its place in the list; ranks
-    that asked for different tasks would gather one task's shards with
-    another's, same shapes, into one wrong file.
-
-    Args:
-        value: What must agree (picklable, compared with ``==``).
-        what: What it is, for the message (``"save(tasks=..., dtype=...)"``).
-
-    Raises:
-        UsageError: On every rank, listing each rank's value.
-    """
-    everyone: list[object] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, value)
-    if any(v != everyone[0] for v in everyone):
-        raise UsageError(Diagnostic(
-            f"the ranks called {what} with different arguments; on a sharded model every rank must pass the same",
-            notes=tuple(f"rank {rank}: {v!r}" for rank, v in enumerate(everyone[:8]))))

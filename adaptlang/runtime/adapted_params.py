@@ -54,7 +54,9 @@ class ParameterMethods:
         Raises:
             RuntimeApplyError: Unknown delta.
         """
-        return {key: ref.get() for key, ref in self._delta_refs(delta).items()}
+        refs = self._delta_refs(delta)
+        reshard(self.model)  # the shards, not FSDP2's temporary full copies (a write there would be dropped)
+        return {key: ref.get() for key, ref in refs.items()}
 
     def sharded(self) -> str | None:
         """Returns the engine that shards the model (FSDP2, FSDP1, ZeRO-3), or None (:func:`~adaptlang.runtime.shards.model_engine`).
@@ -153,6 +155,7 @@ class ParameterMethods:
         """
         self._check_live()
         config = self._config(task or self._active)
+        reshard(self.model)  # as delta_parameters: the shards themselves
         return {
             f"{delta}/{key}": ref.get().detach()
             for delta in config.deltas
@@ -204,7 +207,7 @@ class ParameterMethods:
             raise RuntimeApplyError(Diagnostic(
                 "load_adapter_state_dict() is not supported on a model wrapped by FSDP1",
                 hint="load the values before wrapping (adaptlang.load, or this call on the unwrapped model)"))
-        target = self.adapter_state_dict(task)
+        target = self.adapter_state_dict(task)  # the shards (it reshards FSDP2's root first)
         missing = sorted(set(target) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(target))
         bad = [k for k in target if k in state_dict and tuple(state_dict[k].shape) != tuple(target[k].shape)]
@@ -214,8 +217,6 @@ class ParameterMethods:
             raise BundleError(Diagnostic(
                 f"adapter weights do not fit task '{task or self._active}'", obj=task or self._active,
                 notes=tuple(notes)))
-        reshard(self.model)  # FSDP2 may hold the root unsharded (after a no-grad forward): write the shards
-        target = self.adapter_state_dict(task)
         with torch.no_grad():
             for key, value in state_dict.items():
                 write_full(target[key], value, key)  # an FSDP2 shard takes its own part of the value

@@ -109,12 +109,11 @@ def refs_of(part: nn.Module, names: list[str]) -> dict[str, SlotRef]:
     refs: dict[str, SlotRef] = {}
     for local in names:
         prefix, _, leaf = local.rpartition(".")
-        owner = part
-        for step in prefix.split(".") if prefix else ():
-            owner = owner._modules.get(step)
-            if owner is None:
-                raise RuntimeApplyError(f"{type(part).__name__} has no submodule for '{local}'")
-        param = owner._parameters.get(leaf)
+        try:
+            owner = part.get_submodule(prefix)
+        except AttributeError:
+            owner = None
+        param = None if owner is None else owner._parameters.get(leaf)
         if param is None:
             raise RuntimeApplyError(f"{type(part).__name__} has no parameter '{local}'")
         refs[local] = SlotRef(owner, leaf, tuple(param.shape))

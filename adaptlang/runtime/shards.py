@@ -42,7 +42,7 @@ import torch.distributed as dist
 from adaptlang.errors import Diagnostic, RuntimeApplyError, UsageError
 
 __all__ = [
-    "FSDP1", "FSDP2", "ZERO3", "check_not_wrapped", "gather_full", "refuse_fsdp1_call", "is_distributed", "model_engine",
+    "FSDP1", "FSDP2", "ZERO3", "check_not_wrapped", "gather_full", "refuse_fsdp1_call", "model_engine", "same_on_every_rank",
     "sharding_engine", "refuse_if_sharded", "refuse_zero3_writes",
 ]
 
@@ -94,9 +94,26 @@ def _is_dtensor(tensor: Any) -> bool:
     return isinstance(tensor, DTensor)
 
 
-def is_distributed() -> bool:
-    """True inside an initialised process group of more than one rank."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+def same_on_every_rank(value: Any, message: str, hint: str = "") -> None:
+    """Raises on every rank unless every rank passed an equal ``value`` (one collective).
+
+    Why: collective gathers take each tensor by its place in a list; ranks that
+    asked for different tasks would join one task's shards with another's
+    (same shapes) into one wrong value, without an error.
+
+    Args:
+        value: What must agree (picklable, compared with ``==``).
+        message: The error's message.
+        hint: What to do instead.
+
+    Raises:
+        UsageError: On every rank, with each rank's value.
+    """
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, value)
+    if any(other != everyone[0] for other in everyone):
+        raise UsageError(Diagnostic(message, hint=hint or None, notes=tuple(
+            f"rank {rank}: {repr(other)[:200]}" for rank, other in enumerate(everyone[:8]))))
 
 
 def refuse_if_sharded(model_or_tensors: Any, what: str, hint: str) -> None:
@@ -206,6 +223,7 @@ def gather_full(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, .
         RuntimeApplyError: A ZeRO-3 parameter without ``deepspeed`` to import,
             a sharded tensor outside a process group, or a gathered value
             whose size is not the full shape's.
+        UsageError: The ranks asked for different tensors (:func:`same_on_every_rank`).
     """
     engines = {name: sharding_engine(t) for name, t in tensors.items()}
     flat_names = [n for n, e in engines.items() if e == FSDP1]
@@ -215,7 +233,9 @@ def gather_full(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, .
             "the delta parameters are sharded but no process group is running",
             hint="save from every rank, before destroy_process_group()"))
     if any(engines.values()):
-        _check_same_names(list(tensors))
+        same_on_every_rank(list(tensors), "the ranks asked for different delta values to gather; on a sharded "
+                           "model every rank must ask for the same tasks",
+                           "name the task on every rank (the active task may differ between ranks)")
     pieces = _gather_flat_pieces([tensors[n] for n in flat_names]) if flat_names else []
     flat = dict(zip(flat_names, pieces))
     zero3 = _gather_zero3({n: tensors[n] for n in zero3_names}, shapes) if zero3_names else {}
@@ -268,24 +288,6 @@ def _gather_zero3(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int,
         for name, tensor in tensors.items():
             out[name] = tensor.detach().to("cpu", copy=True)
     return out
-
-
-def _check_same_names(names: list[str]) -> None:
-    """Raises on every rank unless every rank gathers the same tensors, in the same order (one collective).
-
-    Why: each tensor is gathered by its place in the list; ranks asking for
-    different tasks would join one task's shards with another's (same shapes).
-    """
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, names)
-    if any(other != names for other in everyone):
-        sets = [set(other) for other in everyone]
-        differ = sorted(set.union(*sets) - set.intersection(*sets)) or ["(the same names, in another order)"]
-        raise RuntimeApplyError(Diagnostic(
-            "the ranks asked for different delta values to gather; on a sharded model every rank must ask for "
-            "the same tasks", hint="call save()/full_adapter_state_dict() with the same tasks on every rank "
-                                   "(the active task may differ between ranks: name the task)",
-            notes=tuple(f"not on every rank: {n}" for n in differ[:5])))
 
 
 def _gather_flat_pieces(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:

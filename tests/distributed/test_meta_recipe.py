@@ -58,32 +58,43 @@ def batches() -> list[torch.Tensor]:
     return [(torch.randint(0, 8, (ROWS, 1), generator=gen) + torch.arange(10)) % 8 for _ in range(STEPS)]
 
 
-def rank_main(folder: str) -> dict:
-    """One rank of the recipe (see the module docstring); returns what the tests check (rank 0: all of it)."""
+def sharded_from_meta(config, spec: str, shards: list[Path]):
+    """The recipe up to the training: meta build, apply, fully_shard, to_empty, load ``shards`` (rank 0 reads).
+
+    Returns ``(model, adapted, checkpoint)``: the checkpoint rank 0 read (empty on the others), as read.
+    """
     from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, get_model_state_dict, set_model_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.fsdp import fully_shard
     from transformers import LlamaForCausalLM
 
-    rank, world = dist.get_rank(), dist.get_world_size()
-    out = Path(folder)
-    config = build_config()
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
-    adapted = adaptlang.apply(model, SPEC, seed=SEED)
+    adapted = adaptlang.apply(model, spec, seed=SEED)
     for layer in model.model.layers:
         fully_shard(layer)
     fully_shard(model)
     model.to_empty(device="cpu")
     checkpoint = {}
-    if rank == 0:
-        for shard in sorted((out / "base").glob("*.safetensors")):
+    if dist.get_rank() == 0:
+        for shard in shards:
             checkpoint.update(load_file(shard))
+    # A copy: set_model_state_dict adds to the dict it is given.
     set_model_state_dict(model, dict(checkpoint), options=StateDictOptions(
         full_state_dict=True, broadcast_from_rank0=True, strict=False))
     for name, value in type(model.model.rotary_emb)(config).named_buffers():
         model.model.rotary_emb.get_buffer(name).copy_(value)
+    return model, adapted, checkpoint
+
+
+def rank_main(folder: str) -> dict:
+    """One rank of the recipe (see the module docstring); returns what the tests check (rank 0: all of it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out = Path(folder)
+    model, adapted, checkpoint = sharded_from_meta(build_config(), SPEC,
+                                                   sorted((out / "base").glob("*.safetensors")))
     with torch.no_grad():  # say, a look at the base first: FSDP2 then leaves the root's parameters unsharded
         model(input_ids=batches()[0][:1])
     adapted.init_deltas()
@@ -196,29 +207,12 @@ def tied_config():
 
 def tied_rank_main(folder: str) -> dict:
     """The recipe on a tied model with a tune delta on ``lm_head.weight`` only: initial values and logits."""
-    from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from torch.distributed.fsdp import fully_shard
-    from transformers import LlamaForCausalLM
-
-    config = tied_config()
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    adapted = adaptlang.apply(model, TIED_SPEC, seed=SEED)
-    for layer in model.model.layers:
-        fully_shard(layer)
-    fully_shard(model)
-    model.to_empty(device="cpu")
-    checkpoint = load_file(next((Path(folder) / "tied").glob("*.safetensors"))) if dist.get_rank() == 0 else {}
-    keys = sorted(checkpoint)  # (set_model_state_dict adds to the dict it is given)
-    set_model_state_dict(model, checkpoint, options=StateDictOptions(
-        full_state_dict=True, broadcast_from_rank0=True, strict=False))
-    for name, value in type(model.model.rotary_emb)(config).named_buffers():
-        model.model.rotary_emb.get_buffer(name).copy_(value)
+    model, adapted, checkpoint = sharded_from_meta(tied_config(), TIED_SPEC,
+                                                   list((Path(folder) / "tied").glob("*.safetensors")))
     adapted.init_deltas()
     with torch.no_grad():
         logits = model(input_ids=batches()[0]).logits
-    return {"keys": keys, "initial": adapted.full_adapter_state_dict(), "logits": logits}
+    return {"keys": sorted(checkpoint), "initial": adapted.full_adapter_state_dict(), "logits": logits}
 
 
 def test_a_tied_checkpoint_gives_a_tune_delta_on_one_name_its_values(tmp_path):

@@ -100,8 +100,8 @@ def test_ranks_trained_only_the_task_on_different_rows(ddp_run):
     assert all(not set(a) & set(b) for a, b in zip(rows, other)), "both ranks trained on the same rows"
 
 
-def test_bundles_equal_one_process_on_the_concatenated_batch(ddp_run):
-    out, records = ddp_run
+def assert_bundles_equal_one_process(out, records) -> None:
+    """The run's final and checkpoint bundles equal one process replaying both ranks' batches concatenated."""
     batches = [torch.tensor(a + b) for a, b in zip(records[0]["batches"], records[1]["batches"])]
     after, other_task, _ = replay(batches)
     final = load_file(str(out / "adaptlang" / f"{TASK}.safetensors"))
@@ -113,6 +113,10 @@ def test_bundles_equal_one_process_on_the_concatenated_batch(ddp_run):
     assert max_difference(checkpoint, after[STEPS]) > 1e-3  # the checkpoint is step 2's, not the end's
     # Task b's delta was frozen throughout: its bundle holds its initial values, exactly.
     assert max_difference(load_file(str(out / "adaptlang" / "b.safetensors")), other_task) == 0.0
+
+
+def test_bundles_equal_one_process_on_the_concatenated_batch(ddp_run):
+    assert_bundles_equal_one_process(*ddp_run)
 
 
 def test_final_bundle_loads_onto_a_fresh_model(ddp_run):
