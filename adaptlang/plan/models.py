@@ -31,14 +31,65 @@ from torch import nn
 from adaptlang.errors import Diagnostic, UsageError, did_you_mean
 from adaptlang.plan.presets import PRESETS, Preset, list_presets
 
-__all__ = ["Preset", "PRESETS", "list_presets", "load_model"]
+__all__ = ["HEADS", "Preset", "PRESETS", "head_class", "list_presets", "load_model"]
 
 
 #: ``package.module:factory`` (dotted identifiers on both sides of one colon).
 _FACTORY_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
-def load_model(ref: str, device: str = "meta", dtype: Any = None) -> tuple[nn.Module, str]:
+#: ``--head`` values: the task head a model is built with, by its ``transformers`` Auto class.
+#: ``base`` is the bare model (``AutoModel``: no head at all).
+HEADS = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "causal-lm": "AutoModelForCausalLM",
+    "seq2seq-lm": "AutoModelForSeq2SeqLM",
+    "base": "AutoModel",
+}
+
+
+def head_class(head: str, config: Any, obj: str = "") -> Any:
+    """Returns the ``transformers`` class that builds ``config`` with ``head``.
+
+    Args:
+        head: A key of :data:`HEADS`.
+        config: A ``transformers`` config.
+        obj: What to name in an error (the model reference).
+
+    Raises:
+        UsageError: An unknown head, or one ``transformers`` has no class for
+            with this model type (say, ``seq2seq-lm`` on BERT).
+    """
+    import transformers
+
+    if head not in HEADS:
+        raise UsageError(Diagnostic(f"unknown head '{head}'", obj=obj or head,
+                                    hint=did_you_mean(head, HEADS) or "heads: " + ", ".join(HEADS)))
+    auto = getattr(transformers, HEADS[head])
+    mapping = auto._model_mapping
+    if type(config) not in mapping:
+        raise UsageError(Diagnostic(
+            f"model type '{config.model_type}' has no {head} head in transformers", obj=obj or head,
+            hint="heads it has: " + ", ".join(
+                h for h, name in HEADS.items() if type(config) in getattr(transformers, name)._model_mapping)))
+    return mapping[type(config)]
+
+
+def _head_config(config: Any, head: str | None, num_labels: int | None, obj: str) -> Any:
+    """Sets ``num_labels`` on ``config`` (classification heads only)."""
+    if num_labels is None:
+        return config
+    if head != "sequence-classification":
+        raise UsageError(Diagnostic("num_labels needs the sequence-classification head", obj=obj,
+                                    hint="pass --head sequence-classification with --num-labels"))
+    if int(num_labels) < 1:
+        raise UsageError(Diagnostic(f"num_labels must be at least 1, not {num_labels}", obj=obj))
+    config.num_labels = int(num_labels)
+    return config
+
+
+def load_model(ref: str, device: str = "meta", dtype: Any = None, *, head: str | None = None,
+               num_labels: int | None = None) -> tuple[nn.Module, str]:
     """Builds a model from a preset name, a Hugging Face directory or a factory.
 
     Every call returns a fresh module (callers may patch it).
@@ -50,6 +101,12 @@ def load_model(ref: str, device: str = "meta", dtype: Any = None) -> tuple[nn.Mo
             ``"cpu"`` (random weights; sensible for ``tiny-*`` presets only).
         dtype: A ``torch.dtype`` or its name; None means the preset's published
             dtype (a directory: its config's dtype; a factory: as it builds).
+        head: A key of :data:`HEADS`: build the model with that task head
+            instead of the class a preset or ``architectures`` names (a
+            directory of a bare ``BertModel`` then builds
+            ``BertForSequenceClassification``). Not for factories.
+        num_labels: The classification head's number of labels (with
+            ``head="sequence-classification"``; transformers' default is 2).
 
     Returns:
         ``(module, name)``: the model and its name (the preset name, the
@@ -62,12 +119,17 @@ def load_model(ref: str, device: str = "meta", dtype: Any = None) -> tuple[nn.Mo
     """
     ref, device = str(ref).strip(), str(device)
     wanted = _parse_dtype(dtype, ref) if dtype is not None else None
+    if head is None and num_labels is not None:
+        head = "sequence-classification"
     if ref in PRESETS:
-        return _build_preset(PRESETS[ref], device, wanted), ref
+        return _build_preset(PRESETS[ref], device, wanted, head, num_labels), ref
     path = Path(ref).expanduser()
     if path.exists():
-        return _load_directory(path, device, wanted), ref
+        return _load_directory(path, device, wanted, head, num_labels), ref
     if _FACTORY_REF.match(ref):
+        if head is not None:
+            raise UsageError(Diagnostic(f"--head does not apply to a model factory ('{ref}')", obj=ref,
+                                        hint="a factory builds its own head; return the model with it"))
         return _load_factory(ref, device, wanted), ref
     if "/" in ref or "\\" in ref or ref.startswith("."):
         raise UsageError(Diagnostic(f"no such model directory: {ref}", obj=ref,
@@ -136,21 +198,24 @@ def _skip_init() -> Iterator[None]:
             setattr(nn.init, name, fn)
 
 
-def _build_preset(preset: Preset, device: str, dtype: torch.dtype | None) -> nn.Module:
-    """Builds a preset's ``transformers`` model on ``device``."""
+def _build_preset(preset: Preset, device: str, dtype: torch.dtype | None, head: str | None = None,
+                  num_labels: int | None = None) -> nn.Module:
+    """Builds a preset's ``transformers`` model on ``device`` (with ``head`` when given)."""
     import transformers
 
     dtype = dtype or getattr(torch, preset.dtype)
     config = transformers.CONFIG_MAPPING[preset.model_type](**preset.config)
     config.dtype = dtype
-    model_cls = getattr(transformers, preset.cls)
+    config = _head_config(config, head, num_labels, preset.model_type)
+    model_cls = getattr(transformers, preset.cls) if head is None else head_class(head, config, preset.model_type)
     with _building(device, dtype):
         model = model_cls(config)
     return model if device == "meta" else model.eval()
 
 
-def _load_directory(path: Path, device: str, dtype: torch.dtype | None) -> nn.Module:
-    """Builds the model a local Hugging Face directory describes (config only)."""
+def _load_directory(path: Path, device: str, dtype: torch.dtype | None, head: str | None = None,
+                    num_labels: int | None = None) -> nn.Module:
+    """Builds the model a local Hugging Face directory describes (config only; ``head`` overrides its class)."""
     config_file = path / "config.json"
     if not path.is_dir() or not config_file.is_file():
         raise UsageError(Diagnostic(
@@ -175,7 +240,8 @@ def _load_directory(path: Path, device: str, dtype: torch.dtype | None) -> nn.Mo
         raise UsageError(Diagnostic(f"cannot build a config from {config_file}: {exc}",
                                     obj=str(config_file))) from None
     dtype = dtype or _config_dtype(config)
-    model_cls = _directory_class(raw, config)
+    config = _head_config(config, head, num_labels, str(path))
+    model_cls = _directory_class(raw, config) if head is None else head_class(head, config, str(path))
     try:
         with _building(device, dtype):
             model = model_cls(config) if isinstance(model_cls, type) and issubclass(model_cls, nn.Module) \
