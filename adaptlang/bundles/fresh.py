@@ -5,8 +5,10 @@ sparse positions chosen by magnitude, prompts initialised from text or the
 vocabulary), so bundles are written only for a model that has weights: a
 Hugging Face folder with safetensors weights (read with
 ``from_pretrained(use_safetensors=True)``; a pickled ``*.bin`` is never
-opened) or a ``pkg.module:factory``. A preset is an architecture without
-weights: the plan is written and the reason for no bundles is returned.
+opened), a hub id (its safetensors weights and tokenizer are fetched into
+the hub cache, see :mod:`adaptlang.plan.hub`) or a ``pkg.module:factory``.
+A preset is an architecture without weights: the plan is written and the
+reason for no bundles is returned.
 """
 
 from __future__ import annotations
@@ -37,13 +39,20 @@ def load_weighted_model(ref: str) -> tuple[Any, Any, str]:
     if ref in PRESETS:
         return None, None, f"'{ref}' is a preset (an architecture without weights)"
     folder = Path(ref).expanduser()
+    if not folder.is_dir():
+        from adaptlang.plan.hub import NoSafeWeightsError, local_model_dir
+
+        try:  # a hub id: its snapshot folder (never random weights under the hub id's name)
+            folder = local_model_dir(ref, weights=True) or folder
+        except NoSafeWeightsError as exc:
+            return None, None, f"'{ref}': {exc.diagnostics[0].message}"
     if folder.is_dir():
         if not _has_safetensors(folder):
             pickles = sorted(p.name for p in folder.glob("*.bin"))
             why = (f"its weights are pickles ({', '.join(pickles)}), which adaptlang never loads" if pickles
                    else "it holds no safetensors weights")
             return None, None, f"'{ref}': {why}"
-        meta, _ = load_model(ref, device="meta")
+        meta, _ = load_model(str(folder), device="meta")
         try:
             model = type(meta).from_pretrained(str(folder), local_files_only=True, use_safetensors=True).eval()
         except Exception as exc:  # transformers raises many types for bad folders

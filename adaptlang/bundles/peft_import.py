@@ -227,7 +227,7 @@ def import_peft_adapter(folder: Any, model: Any, out: Any, name: str | None = No
     ref = model if model is not None else config.get("base_model_name_or_path")
     if ref is None:
         raise UsageError(Diagnostic("no base model: the adapter names none", obj=str(folder),
-                                    hint="pass --model (a preset, a model folder or pkg.module:factory)"))
+                                    hint="pass --model (a preset, a model folder, a hub id or pkg.module:factory)"))
     header = "adaptlang 1\n" + (f"model {render_string(ref)}\n" if isinstance(ref, str) else "")
     text = f"# Imported from the PEFT adapter '{folder.name}' ({kind}).\n{header}\n{block}\ntask {task} = {delta}\n"
     spec_name = f"{task}.adapt"

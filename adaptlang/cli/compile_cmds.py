@@ -142,7 +142,8 @@ def compile_command(
     spec: Path = typer.Argument(..., help="The .adapt spec to compile.", show_default=False),
     model: Optional[str] = typer.Option(
         None, "--model", "-m",
-        help="Model preset, Hugging Face directory or pkg.module:factory; overrides the spec's model.",
+        help="Model preset, Hugging Face directory, hub id (org/name) or pkg.module:factory; "
+             "overrides the spec's model.",
     ),
     fmt: OutputFormat = typer.Option(
         OutputFormat.table, "--format", "-f", help="table: summary; json: the plan; dot: a graph.",

@@ -67,7 +67,8 @@ def match_table(sig: Any, targets: list[tuple[str, Optional[str]]]) -> Table:
 def match_command(
     selector: str = typer.Argument(..., help="A selector, e.g. 'layers[*].self_attn.{q_proj, v_proj}'.",
                                    show_default=False),
-    model: str = typer.Option(..., "--model", "-m", help="Model preset, directory or pkg.module:factory."),
+    model: str = typer.Option(..., "--model", "-m",
+                              help="Model preset, directory, hub id (org/name) or pkg.module:factory."),
 ) -> None:
     """Show what a selector matches in a model: paths, classes, shapes, parameter counts."""
     from adaptlang.cli.output import stdout_console
@@ -86,7 +87,8 @@ def match_command(
 
 
 def inspect_command(
-    model: str = typer.Option(..., "--model", "-m", help="Model preset, directory or pkg.module:factory."),
+    model: str = typer.Option(..., "--model", "-m",
+                              help="Model preset, directory, hub id (org/name) or pkg.module:factory."),
     depth: Optional[int] = typer.Option(None, "--depth", "-d", min=0, help="Levels to show (default: all)."),
     roles: bool = typer.Option(False, "--roles", help="List the model's roles and the modules they name instead."),
 ) -> None:

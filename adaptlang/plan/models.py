@@ -10,7 +10,10 @@ accepted by :func:`load_model`:
   built without the hub;
 * a local **Hugging Face model directory** (its ``config.json`` only; nothing
   is ever downloaded and weights are never read);
-* ``package.module:factory``: a callable returning any ``nn.Module``.
+* ``package.module:factory``: a callable returning any ``nn.Module``;
+* a **Hugging Face hub id** (``org/name``, ``org/name@revision``): its
+  ``config.json`` only, through ``huggingface_hub``'s cache (see
+  :mod:`adaptlang.plan.hub`); the model is named by the hub id.
 
 Small ``tiny-*`` presets (2 layers, width 32) can also be built with real
 random weights on the CPU, for tests and demos.
@@ -96,7 +99,9 @@ def load_model(ref: str, device: str = "meta", dtype: Any = None, *, head: str |
 
     Args:
         ref: A preset name (see :func:`list_presets`), a local model directory
-            holding ``config.json``, or ``package.module:factory``.
+            holding ``config.json``, ``package.module:factory``, or a hub id
+            (``org/name[@revision]``; tried last, so an existing local
+            folder of that name wins).
         device: ``"meta"`` (no storage; the default) or a real device such as
             ``"cpu"`` (random weights; sensible for ``tiny-*`` presets only).
         dtype: A ``torch.dtype`` or its name; None means the preset's published
@@ -110,12 +115,13 @@ def load_model(ref: str, device: str = "meta", dtype: Any = None, *, head: str |
 
     Returns:
         ``(module, name)``: the model and its name (the preset name, the
-        directory as given, or the factory reference).
+        directory as given, the factory reference, or the hub id).
 
     Raises:
         UsageError: An unknown name, a directory without a usable
-            ``config.json``, or a factory that cannot be imported, fails, or
-            does not return an ``nn.Module``.
+            ``config.json``, a factory that cannot be imported, fails, or
+            does not return an ``nn.Module``, or a hub id that cannot be
+            fetched (see :func:`adaptlang.plan.hub.local_model_dir`).
     """
     ref, device = str(ref).strip(), str(device)
     wanted = _parse_dtype(dtype, ref) if dtype is not None else None
@@ -131,9 +137,15 @@ def load_model(ref: str, device: str = "meta", dtype: Any = None, *, head: str |
             raise UsageError(Diagnostic(f"--head does not apply to a model factory ('{ref}')", obj=ref,
                                         hint="a factory builds its own head; return the model with it"))
         return _load_factory(ref, device, wanted), ref
+    from adaptlang.plan.hub import local_model_dir
+
+    snapshot = local_model_dir(ref)  # a hub id: its config.json, fetched or from the cache
+    if snapshot is not None:
+        return _load_directory(snapshot, device, wanted, head, num_labels, name=ref), ref
     if "/" in ref or "\\" in ref or ref.startswith("."):
         raise UsageError(Diagnostic(f"no such model directory: {ref}", obj=ref,
-                                    hint="give a local directory holding config.json, or a preset name"))
+                                    hint="give a local directory holding config.json, a hub id "
+                                         "(org/name) or a preset name"))
     raise UsageError(Diagnostic(
         f"unknown model '{ref}'", obj=ref,
         hint=did_you_mean(ref, PRESETS) or "use a preset name, a model directory or pkg.module:factory",
@@ -214,9 +226,14 @@ def _build_preset(preset: Preset, device: str, dtype: torch.dtype | None, head: 
 
 
 def _load_directory(path: Path, device: str, dtype: torch.dtype | None, head: str | None = None,
-                    num_labels: int | None = None) -> nn.Module:
-    """Builds the model a local Hugging Face directory describes (config only; ``head`` overrides its class)."""
+                    num_labels: int | None = None, name: str | None = None) -> nn.Module:
+    """Builds the model a local Hugging Face directory describes (config only; ``head`` overrides its class).
+
+    ``name`` is what errors about ``config.json`` name (a hub id rather than its cache folder).
+    """
     config_file = path / "config.json"
+    shown = f"config.json of '{name}'" if name else str(config_file)
+    where = name or str(path)
     if not path.is_dir() or not config_file.is_file():
         raise UsageError(Diagnostic(
             f"'{path}' is not a Hugging Face model directory (no config.json)", obj=str(path),
@@ -224,30 +241,30 @@ def _load_directory(path: Path, device: str, dtype: torch.dtype | None, head: st
     try:
         raw = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UsageError(Diagnostic(f"cannot read {config_file}: {exc}", obj=str(config_file))) from None
+        raise UsageError(Diagnostic(f"cannot read {shown}: {exc}", obj=shown)) from None
     if not isinstance(raw, dict) or "model_type" not in raw:
-        raise UsageError(Diagnostic(f"{config_file} has no 'model_type'", obj=str(config_file),
+        raise UsageError(Diagnostic(f"{shown} has no 'model_type'", obj=shown,
                                     hint="a transformers config.json names its model_type"))
     if raw.get("auto_map"):
         raise UsageError(Diagnostic(
-            f"{config_file} needs custom code (auto_map), which adaptlang does not run",
-            obj=str(config_file), hint="wrap the model in a pkg.module:factory instead"))
+            f"{shown} needs custom code (auto_map), which adaptlang does not run",
+            obj=shown, hint="wrap the model in a pkg.module:factory instead"))
     import transformers
 
     try:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # transformers raises many types for a bad config
-        raise UsageError(Diagnostic(f"cannot build a config from {config_file}: {exc}",
-                                    obj=str(config_file))) from None
+        raise UsageError(Diagnostic(f"cannot build a config from {shown}: {exc}",
+                                    obj=shown)) from None
     dtype = dtype or _config_dtype(config)
-    config = _head_config(config, head, num_labels, str(path))
-    model_cls = _directory_class(raw, config) if head is None else head_class(head, config, str(path))
+    config = _head_config(config, head, num_labels, where)
+    model_cls = _directory_class(raw, config) if head is None else head_class(head, config, where)
     try:
         with _building(device, dtype):
             model = model_cls(config) if isinstance(model_cls, type) and issubclass(model_cls, nn.Module) \
                 else model_cls.from_config(config)
     except Exception as exc:
-        raise UsageError(Diagnostic(f"cannot build the model in {path}: {exc}", obj=str(path))) from None
+        raise UsageError(Diagnostic(f"cannot build the model in {where}: {exc}", obj=where)) from None
     return model if device == "meta" else model.eval()
 
 
