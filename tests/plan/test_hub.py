@@ -19,7 +19,6 @@ import adaptlang
 from adaptlang.errors import UsageError
 from adaptlang.plan.hub import NoSafeWeightsError, hub_cache_dir, local_model_dir, parse_hub_ref
 from adaptlang.plan.models import load_model
-from adaptlang.plan.signature import signature_of
 from tests.fake_hub import FakeHub
 from tests.hub_cache import MINILM_FILES, HubCache
 
