@@ -159,8 +159,8 @@ def _fetch(ref: str, repo_id: str, revision: str | None, weights: bool) -> Path:
             return _answer(ref, repo_id, revision, lambda: fetch(False))
         except UsageError:
             raise
-        except Exception as exc:  # the network went away between the look-up and the download
-            unreachable = "the hub cannot be reached: " + _why(exc)
+        except Exception as exc:  # the network went away after the look-up, a full disk, ...
+            unreachable = "the download failed: " + _why(exc)
     try:
         return fetch(True)
     except LocalEntryNotFoundError:
