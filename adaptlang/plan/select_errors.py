@@ -29,8 +29,8 @@ __all__ = [
 _NEAREST = 5
 
 #: Module names of transformers' task heads, and the ``--head`` that builds each.
-#: A selector naming one on a model without any is a model built bare (a
-#: ``BertModel`` folder), not a typo: the error says how to add the head.
+#: A selector naming one the model lacks is usually a model built without
+#: that head (a bare ``BertModel`` folder), not a typo: the error says how to add it.
 _HEAD_MODULES = {"classifier": "sequence-classification", "score": "sequence-classification",
                  "lm_head": "causal-lm", "qa_outputs": None}
 
@@ -154,7 +154,7 @@ def explain_empty(sig: Any, path: ast.SelPath, part: Any, want: str) -> Diagnost
     for el in _name_patterns(path.elements):
         if not any(fnmatchcase(v, el.pattern) for v in vocabulary):
             span = el.span
-            hint = (_head_hint(sig, el.pattern, vocabulary) or did_you_mean(el.pattern, vocabulary)
+            hint = (_head_hint(sig, el.pattern) or did_you_mean(el.pattern, vocabulary)
                     or f"no module or parameter is named '{el.pattern}'")
             break
     nearest = _nearest_paths(sig, path, want)
@@ -162,18 +162,19 @@ def explain_empty(sig: Any, path: ast.SelPath, part: Any, want: str) -> Diagnost
                       notes=tuple(f"nearest: {p}" for p in nearest))
 
 
-def _head_hint(sig: Any, name: str, vocabulary: set[str]) -> str | None:
-    """How to build the model with the task head ``name`` belongs to, when the model has no head at all."""
-    if name not in _HEAD_MODULES or vocabulary & set(_HEAD_MODULES):
+def _head_hint(sig: Any, name: str) -> str | None:
+    """How to build the model with the task head named ``name`` (None: not a head's name)."""
+    if name not in _HEAD_MODULES:
         return None
     head = _HEAD_MODULES[name]
     if head == "causal-lm" and sig.config.get("is_encoder_decoder"):
         head = "seq2seq-lm"
+    has_head = any(path.rpartition(".")[2] in _HEAD_MODULES for path in sig.modules)
+    what = f"{sig.cls} has {'no' if not has_head else f'no {name!r}'} task head"
     if head is None:  # no --head builds a question-answering model
-        return (f"{sig.cls} has no task head; '{name}' is a question-answering head: build the model with it "
-                "in a pkg.module:factory (e.g. AutoModelForQuestionAnswering.from_config)")
-    return (f"{sig.cls} has no task head: build the model with --head {head} "
-            f"(Python: compile(..., head=\"{head}\"))")
+        return (f"{what}; '{name}' is a question-answering head: build the model with it in a "
+                "pkg.module:factory (e.g. AutoModelForQuestionAnswering.from_config)")
+    return f"{what}: build the model with --head {head} (Python: compile(..., head=\"{head}\"))"
 
 
 def _name_patterns(elements: Iterable[Any]) -> Iterable[ast.NamePat]:
