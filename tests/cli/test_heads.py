@@ -118,3 +118,26 @@ def test_a_bundle_trained_from_python_has_the_plan_the_cli_locks(runner, minilm,
     assert adapted.plan.sha256 == entry["plan_sha256"]
     (path,) = adapted.save(tmp_path / "bundles")
     assert read_manifest(path)["plan_sha256"] == entry["plan_sha256"]
+
+
+def test_compile_out_with_a_head_writes_the_same_seeded_bundle_twice(runner, tmp_path):
+    """A bare BertModel checkpoint loads into the classification model; the new head's init is seeded."""
+    from transformers import BertConfig, BertModel
+
+    from adaptlang.bundles import read_bundle
+
+    torch.manual_seed(0)
+    folder = tmp_path / "bert"
+    BertModel(BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                         vocab_size=60)).save_pretrained(str(folder))
+    spec = tmp_path / "s.adapt"
+    spec.write_text(SENTIMENT.read_text().replace("rank    8", "rank    2"))
+    tensors = []
+    for out in ("a", "b"):
+        torch.manual_seed(len(out) * 7 + ord(out))  # a different global RNG each run: the seed must not depend on it
+        result = invoke(runner, "compile", spec, "--model", folder, "--num-labels", "3", "--out", tmp_path / out)
+        assert result.exit_code == 0, result.output
+        tensors.append(read_bundle(tmp_path / out / "sentiment.safetensors").tensors)
+    assert tensors[0].keys() == tensors[1].keys()
+    assert all(torch.equal(tensors[0][k], tensors[1][k]) for k in tensors[0])
+    assert tensors[0]["head/classifier/weight"].shape == (3, 32)  # the tuned copy of the new 3-label head
