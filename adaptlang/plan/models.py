@@ -10,7 +10,9 @@ accepted by :func:`load_model`:
   built without the hub;
 * a local **Hugging Face model directory** (its ``config.json`` only; nothing
   is ever downloaded and weights are never read);
-* ``package.module:factory``: a callable returning any ``nn.Module``.
+* ``package.module:factory``: a callable returning any ``nn.Module``, called
+  under ``torch.device("meta")`` when compiling: it must build from a config,
+  not load weights (``from_pretrained`` and ``torch.load`` fail there).
 
 Small ``tiny-*`` presets (2 layers, width 32) can also be built with real
 random weights on the CPU, for tests and demos.
