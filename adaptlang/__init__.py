@@ -54,7 +54,9 @@ def compile(spec_or_path: Any, model: Any = None, **kwargs: Any) -> "Plan":  # n
         model: A preset name (``"llama"``), a Hugging Face model directory,
             ``"pkg.module:factory"``, or an ``nn.Module``. Defaults to the
             spec's ``model`` statement.
-        **kwargs: Passed to :func:`adaptlang.plan.compiler.compile_plan`.
+        **kwargs: Passed to :func:`adaptlang.plan.compiler.compile_plan`:
+            ``overrides``, ``name``, and ``head``/``num_labels`` to build a
+            model reference with a task head (``head="sequence-classification"``).
 
     Returns:
         The :class:`~adaptlang.plan.plan.Plan`.

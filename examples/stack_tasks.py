@@ -61,7 +61,7 @@ def counting_batch(step: int, gen: torch.Generator, rows: int = 16, length: int 
 def train(adapted, task: str, step: int, steps: int) -> None:
     """Trains whatever ``task`` makes trainable on sequences counting by ``step``."""
     adapted.use(task)
-    optimizer = torch.optim.AdamW([p for _, p in adapted.trainable_parameters()], lr=2e-2)
+    optimizer = torch.optim.AdamW(adapted.parameters(), lr=2e-2)
     gen = torch.Generator().manual_seed(step)
     adapted.model.train()
     for _ in range(steps):
@@ -91,7 +91,7 @@ def main(steps: int) -> None:
     print(f"{'task':<10} {'trains':>7} {'loss counting by 1':>19} {'by 2':>6}")
     for task in adapted.tasks:
         adapted.use(task)
-        trains = sum(p.numel() for _, p in adapted.trainable_parameters())
+        trains = sum(p.numel() for p in adapted.parameters())
         print(f"{task:<10} {trains:>7,} {loss_on(adapted, task, 1):>19.3f} {loss_on(adapted, task, 2):>6.3f}")
 
 

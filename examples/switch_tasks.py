@@ -63,8 +63,7 @@ def counting_batch(step: int, gen: torch.Generator, rows: int = 16, length: int 
 def train(adapted, task: str, steps: int) -> float:
     """Trains ``task`` (its deltas only) on its counting direction; returns the last loss."""
     adapted.use(task)
-    params = [p for _, p in adapted.trainable_parameters()]
-    optimizer = torch.optim.AdamW(params, lr=2e-2)
+    optimizer = torch.optim.AdamW(adapted.parameters(), lr=2e-2)
     gen = torch.Generator().manual_seed(0)
     adapted.model.train()
     for _ in range(steps):
@@ -87,7 +86,7 @@ def main(steps: int) -> None:
     print(f"tasks: {adapted.tasks}")
     for task in adapted.tasks:
         loss = train(adapted, task, steps)
-        trained = sum(p.numel() for _, p in adapted.trainable_parameters())
+        trained = sum(p.numel() for p in adapted.parameters())
         print(f"trained {task:<10}  {trained:,} parameters, final loss {loss:.3f}")
 
     prompt = [2, 3, 4, 5]

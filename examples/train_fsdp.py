@@ -127,7 +127,7 @@ def main(steps: int, out: str | None) -> None:
         say(f"rank {r} holds {n:,} of the base's {full_bytes:,} bytes ({n / full_bytes:.1%})")
 
     # 7. Train: each rank takes its share of every batch; FSDP2 averages the gradients.
-    optimizer = torch.optim.SGD([p for _, p in adapted.trainable_parameters()], lr=0.5)
+    optimizer = torch.optim.SGD(adapted.parameters(), lr=0.5)
     gen = torch.Generator().manual_seed(0)  # the same batches on every rank, each keeps its rows
     torch.manual_seed(rank)  # the LoRA dropout: each rank its own masks, the same on every run
     model.train()

@@ -58,11 +58,11 @@ def main(steps: int) -> None:
     print(f"base model: next-token accuracy {accuracy(model, test):.0%} on counting")
 
     adapted = adaptlang.apply(model, SPEC)  # patches the model in place; the base is frozen
-    trainable = adapted.trainable_parameters()
-    print(f"applied {SPEC.name}: tasks {adapted.tasks}, training {sum(p.numel() for _, p in trainable):,} "
+    trains = sum(p.numel() for p in adapted.parameters())  # the active task's trainable tensors
+    print(f"applied {SPEC.name}: tasks {adapted.tasks}, training {trains:,} "
           f"parameters; the model's own {base_params:,} are frozen")
 
-    optimizer = torch.optim.AdamW([p for _, p in trainable], lr=2e-2)
+    optimizer = torch.optim.AdamW(adapted.parameters(), lr=2e-2)
     gen = torch.Generator().manual_seed(0)
     model.train()
     for step in range(1, steps + 1):

@@ -9,6 +9,11 @@ opened), a hub id (its safetensors weights and tokenizer are fetched into
 the hub cache, see :mod:`adaptlang.plan.hub`) or a ``pkg.module:factory``.
 A preset is an architecture without weights: the plan is written and the
 reason for no bundles is returned.
+
+With ``--head`` a folder's weights load into the model with that head; a
+head the checkpoint lacks (a classifier on a bare ``BertModel``) starts from
+transformers' initialisation under the bundle seed, so the bundles are the
+same on every run.
 """
 
 from __future__ import annotations
@@ -25,8 +30,12 @@ def _has_safetensors(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
 
 
-def load_weighted_model(ref: str) -> tuple[Any, Any, str]:
+def load_weighted_model(ref: str, head: str | None = None, num_labels: int | None = None,
+                        seed: int = 0) -> tuple[Any, Any, str]:
     """Loads a model with real weights, and a tokenizer when its folder has one.
+
+    ``head``/``num_labels`` are as in :func:`adaptlang.plan.models.load_model`;
+    weights the checkpoint lacks are initialised under ``seed``.
 
     Returns:
         ``(model or None, tokenizer or None, why there is no model)``.
@@ -52,13 +61,18 @@ def load_weighted_model(ref: str) -> tuple[Any, Any, str]:
             why = (f"its weights are pickles ({', '.join(pickles)}), which adaptlang never loads" if pickles
                    else "it holds no safetensors weights")
             return None, None, f"'{ref}': {why}"
-        meta, _ = load_model(str(folder), device="meta")
+        import torch
+
+        meta, _ = load_model(str(folder), device="meta", head=head, num_labels=num_labels)
         try:
-            model = type(meta).from_pretrained(str(folder), local_files_only=True, use_safetensors=True).eval()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)  # a new head's initial values, the same on every run
+                model = type(meta).from_pretrained(str(folder), config=meta.config, local_files_only=True,
+                                                   use_safetensors=True).eval()
         except Exception as exc:  # transformers raises many types for bad folders
             raise UsageError(Diagnostic(f"cannot load the weights in {ref}: {exc}", obj=ref)) from None
         return model, _tokenizer(folder), ""
-    model, _ = load_model(ref, device="cpu")
+    model, _ = load_model(ref, device="cpu", head=head, num_labels=num_labels)
     return model, None, ""
 
 
@@ -75,8 +89,11 @@ def _tokenizer(folder: Path) -> Any:
 
 
 def write_fresh_bundles(spec_path: Path, model_ref: str, out_dir: Path, overrides: dict[str, float],
-                        seed: int = 0) -> tuple[Any, list[Path], str]:
+                        seed: int = 0, head: str | None = None,
+                        num_labels: int | None = None) -> tuple[Any, list[Path], str]:
     """Applies a spec to the weighted model and saves every task's seeded, fresh bundle.
+
+    ``head``/``num_labels`` build the model with a task head (``--head``).
 
     Returns:
         ``(plan, bundle paths, note)``: the plan the bundles were made from
@@ -86,7 +103,7 @@ def write_fresh_bundles(spec_path: Path, model_ref: str, out_dir: Path, override
     from adaptlang.bundles.adapted import apply_spec_or_plan
     from adaptlang.plan.compiler import compile_plan, load_spec_for_compile
 
-    model, tokenizer, why = load_weighted_model(model_ref)
+    model, tokenizer, why = load_weighted_model(model_ref, head, num_labels, seed)
     if model is None:
         return None, [], why
     spec = load_spec_for_compile(spec_path, overrides or None)

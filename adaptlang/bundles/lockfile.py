@@ -8,6 +8,11 @@ The lock is JSON with sorted keys (byte-identical for the same inputs)::
                    "deltas": {"attn": {"kind": "lora", "sites": 64, "params": 4194304}},
                    "tasks": {"qa": {"trainable_params": ..., "bundle_params": ...}}}}}}}
 
+A model built with a task head (``adaptc lock --head sequence-classification
+--num-labels 2``) records ``"head"`` (and ``"num_labels"`` when given) in its
+entry, and a check rebuilds it with the same head; entries without a head
+have neither key.
+
 Spec paths are relative to the lock file's folder, with ``/``. A check
 recompiles every locked (spec, model) pair and reports each whose plan
 changed, with the likely cause: the spec's sources (imports included), the
@@ -54,8 +59,12 @@ def _relative(path: Path, root: Path) -> str:
         return path.resolve().as_posix()
 
 
-def lock_entry(spec_path: Path, model: str | None) -> tuple[str, dict[str, Any], str]:
+def lock_entry(spec_path: Path, model: str | None, head: str | None = None,
+               num_labels: int | None = None) -> tuple[str, dict[str, Any], str]:
     """Compiles one spec against one model and returns ``(model key, entry, spec sha256)``.
+
+    ``head``/``num_labels`` build the model with a task head (as ``compile_plan``)
+    and are recorded in the entry.
 
     Raises:
         SpecError, BindError, UsageError: From compiling.
@@ -63,11 +72,13 @@ def lock_entry(spec_path: Path, model: str | None) -> tuple[str, dict[str, Any],
     from adaptlang.plan.compiler import compile_plan
     from adaptlang.spec import load_spec
 
+    if head is None and num_labels is not None:
+        head = "sequence-classification"
     spec = load_spec(spec_path)
     ref = model or spec.model
-    plan = compile_plan(spec, ref)
+    plan = compile_plan(spec, ref, head=head, num_labels=num_labels)
     data = plan.to_dict()
-    entry = {
+    entry: dict[str, Any] = {
         "model_from_spec": model is None,
         "plan_sha256": plan.sha256,
         "fingerprint": data["model"]["fingerprint"],
@@ -76,18 +87,26 @@ def lock_entry(spec_path: Path, model: str | None) -> tuple[str, dict[str, Any],
         "tasks": {n: {"trainable_params": t["trainable_params"], "bundle_params": t["bundle_params"]}
                   for n, t in data["tasks"].items()},
     }
+    if head is not None:
+        entry["head"] = head
+    if num_labels is not None:
+        entry["num_labels"] = int(num_labels)
     return str(ref), entry, spec_sources_sha256(spec)
 
 
-def build_lock(specs: list[Path], models: list[str], lock_dir: Path) -> dict[str, Any]:
-    """Builds the lock for every spec against every model (each spec's own model when none given)."""
+def build_lock(specs: list[Path], models: list[str], lock_dir: Path, head: str | None = None,
+               num_labels: int | None = None) -> dict[str, Any]:
+    """Builds the lock for every spec against every model (each spec's own model when none given).
+
+    ``head``/``num_labels`` apply to every model of this lock (see :func:`lock_entry`).
+    """
     from adaptlang import __version__
 
     out: dict[str, Any] = {}
     for spec_path in specs:
         entries, spec_sha = {}, ""
         for model in models or [None]:
-            key, entry, spec_sha = lock_entry(spec_path, model)
+            key, entry, spec_sha = lock_entry(spec_path, model, head, num_labels)
             entries[key] = entry
         out[_relative(spec_path, lock_dir)] = {"spec_sha256": spec_sha, "models": entries}
     return {"lock_format": LOCK_FORMAT, "adaptlang_version": __version__, "grammar_sha256": grammar_sha256(),
@@ -173,7 +192,8 @@ def check_lock(lock: dict[str, Any], lock_dir: Path, only: list[Path] | None = N
         for model, old in specs[name]["models"].items():
             where = f"{name} (model {model})"
             try:
-                key, new, spec_sha = lock_entry(path, None if old.get("model_from_spec") else model)
+                key, new, spec_sha = lock_entry(path, None if old.get("model_from_spec") else model,
+                                                old.get("head"), old.get("num_labels"))
             except AdaptError as exc:
                 drift.append(Diagnostic(f"no longer compiles: {exc.diagnostics[0].message}", obj=where))
                 continue

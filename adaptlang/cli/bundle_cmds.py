@@ -121,7 +121,8 @@ def handle_compile_out(output: CompileOutput) -> None:
         from adaptlang.spec import load_spec
 
         ref = load_spec(output.spec_path).model
-    plan, paths, why = write_fresh_bundles(output.spec_path, ref, out_dir, output.overrides)
+    plan, paths, why = write_fresh_bundles(output.spec_path, ref, out_dir, output.overrides,
+                                           head=output.head, num_labels=output.num_labels)
     write_atomic(out_dir / "plan.json", (plan or output.plan).to_json())
     if paths:
         note(f"wrote {out_dir / 'plan.json'} and {len(paths)} fresh bundles: " + ", ".join(p.name for p in paths))

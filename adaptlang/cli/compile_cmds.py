@@ -21,6 +21,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
+from adaptlang.cli.head_args import HEAD_OPTION, NUM_LABELS_OPTION, Head, head_kwargs
 from adaptlang.errors import Diagnostic, UsageError
 
 __all__ = [
@@ -56,6 +57,8 @@ class CompileOutput:
         model: The ``--model`` value, or None when the spec's default was used.
         overrides: The ``--set`` constants.
         out_dir: The ``--out`` folder (not created yet).
+        head: The ``--head`` value (``"sequence-classification"``), or None.
+        num_labels: The ``--num-labels`` value, or None.
     """
 
     plan: Any
@@ -63,6 +66,8 @@ class CompileOutput:
     model: Optional[str]
     overrides: dict[str, float] = field(default_factory=dict)
     out_dir: Path = Path(".")
+    head: Optional[str] = None
+    num_labels: Optional[int] = None
 
 
 OutHandler = Callable[[CompileOutput], None]
@@ -129,13 +134,16 @@ def parse_number(raw: str, item: str) -> float:
     return value
 
 
-def build_plan(spec: Path, model: Optional[str], overrides: dict[str, float]) -> Any:
-    """Compiles ``spec`` against ``model`` (torch is imported here, not before)."""
+def build_plan(spec: Path, model: Optional[str], overrides: dict[str, float], **head: Any) -> Any:
+    """Compiles ``spec`` against ``model`` (torch is imported here, not before).
+
+    ``head`` holds ``head``/``num_labels`` for ``compile_plan`` (see :func:`head_kwargs`).
+    """
     from adaptlang.plan.compiler import compile_plan
 
     if overrides:
-        return compile_plan(spec, model, overrides=overrides)
-    return compile_plan(spec, model)
+        return compile_plan(spec, model, overrides=overrides, **head)
+    return compile_plan(spec, model, **head)
 
 
 def compile_command(
@@ -157,6 +165,8 @@ def compile_command(
     out_dir: Optional[Path] = typer.Option(
         None, "--out", help="Write one bundle per task into this folder (bundles extension).",
     ),
+    head: Optional[Head] = HEAD_OPTION,
+    num_labels: Optional[int] = NUM_LABELS_OPTION,
 ) -> None:
     """Bind a spec to a model and show the plan: deltas, tasks, parameters, memory."""
     from adaptlang.cli.output import write_atomic, write_stdout
@@ -167,7 +177,8 @@ def compile_command(
         raise UsageError(Diagnostic(
             "--out needs the bundles extension (adaptlang.cli.bundle_cmds), which is not installed",
             obj="--out"))
-    plan = build_plan(spec, model, overrides)
+    heads = head_kwargs(head, num_labels)
+    plan = build_plan(spec, model, overrides, **heads)
     if fmt is OutputFormat.table:
         text = plan.summary()
     elif fmt is OutputFormat.json:
@@ -180,8 +191,8 @@ def compile_command(
     elif text is not None:
         write_stdout(text)
     if out_dir is not None and _out_handler is not None:
-        _out_handler(CompileOutput(plan=plan, spec_path=spec, model=model,
-                                   overrides=overrides, out_dir=out_dir))
+        _out_handler(CompileOutput(plan=plan, spec_path=spec, model=model, overrides=overrides,
+                                   out_dir=out_dir, **heads))
 
 
 def check_command(
@@ -189,16 +200,19 @@ def check_command(
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="Also bind the spec to this model (selectors, roles, shapes).",
     ),
+    head: Optional[Head] = HEAD_OPTION,
+    num_labels: Optional[int] = NUM_LABELS_OPTION,
 ) -> None:
-    """Parse and check a spec; with --model, bind it to the model too."""
+    """Parse and check a spec; with --model (or --head), bind it to the model too."""
     require_file(spec)
-    if model is None:
+    heads = head_kwargs(head, num_labels)
+    if model is None and not heads:
         from adaptlang.spec import load_spec
 
         loaded = load_spec(spec)
         typer.echo(f"ok: {plural(len(loaded.deltas), 'delta')}, {plural(len(loaded.tasks), 'task')}")
         return
-    data = build_plan(spec, model, {}).to_dict()
+    data = build_plan(spec, model, {}, **heads).to_dict()
     info = data.get("model", {})
     typer.echo(
         f"ok: {plural(len(data.get('deltas', {})), 'delta')}, "

@@ -10,7 +10,7 @@ there are semantic changes and 0 when there are none. Errors: 1 for a spec
 error, 2 for a usage error (a missing file, not a git repository, no such
 revision).
 
-``adaptc lock SPEC... [--model M]...`` writes ``adapt.lock``; ``adaptc lock
+``adaptc lock SPEC... [--model M]... [--head H]`` writes ``adapt.lock``; ``adaptc lock
 --check [SPEC...]`` recompiles the locked pairs and exits 1 naming each
 (spec, model) whose plan drifted, and why.
 """
@@ -26,6 +26,7 @@ from typing import Any, List, Optional
 import typer
 from rich.text import Text
 
+from adaptlang.cli.head_args import HEAD_OPTION, NUM_LABELS_OPTION, Head, head_kwargs
 from adaptlang.errors import Diagnostic, UsageError
 
 __all__ = ["diff_command", "lock_command", "read_operand", "register"]
@@ -104,6 +105,8 @@ def diff_command(
         None, "--model", "-m", help="Also compile both and compare the plans (sites, parameter counts).",
     ),
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when the specs differ (as git diff)."),
+    head: Optional[Head] = HEAD_OPTION,
+    num_labels: Optional[int] = NUM_LABELS_OPTION,
 ) -> None:
     """Show what changed between two specs: deltas, tasks, sites and parameter counts."""
     from adaptlang.bundles.specdiff import SpecDiff, diff_plans, diff_specs, render_diff
@@ -113,10 +116,11 @@ def diff_command(
         old_spec = read_operand(old, Path(scratch) / "old")
         new_spec = read_operand(new, Path(scratch) / "new")
         result = SpecDiff(spec=diff_specs(old_spec, new_spec))
-        if model is not None:
+        heads = head_kwargs(head, num_labels)
+        if model is not None or heads:  # --head alone: each spec's own model, with that head
             from adaptlang.plan.compiler import compile_plan
 
-            result.plan = diff_plans(compile_plan(old_spec, model), compile_plan(new_spec, model))
+            result.plan = diff_plans(compile_plan(old_spec, model, **heads), compile_plan(new_spec, model, **heads))
     write_stdout(render_diff(result, old, new, model))
     if exit_code and result.changed:
         raise typer.Exit(1)
@@ -130,13 +134,23 @@ def lock_command(
     ),
     check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 naming each plan that drifted."),
     lockfile: Path = typer.Option(Path("adapt.lock"), "--lockfile", help="The lock file."),
+    head: Optional[Head] = HEAD_OPTION,
+    num_labels: Optional[int] = NUM_LABELS_OPTION,
 ) -> None:
-    """Record (or --check) the plan each spec compiles to, per model, in adapt.lock."""
+    """Record (or --check) the plan each spec compiles to, per model, in adapt.lock.
+
+    ``--head`` applies to every model locked in this run and is recorded per
+    entry; ``--check`` rebuilds each entry with the head it recorded.
+    """
     from adaptlang.bundles.lockfile import build_lock, check_lock, lock_json, read_lock
     from adaptlang.cli.output import error_console, print_diagnostics, write_atomic
 
     lock_dir = lockfile.parent if str(lockfile.parent) else Path(".")
+    heads = head_kwargs(head, num_labels)
     if check:
+        if heads:
+            raise UsageError(Diagnostic("--head and --num-labels are read from the lock with --check",
+                                        obj="--head", hint="drop them: each entry records the head it was built with"))
         lock = read_lock(lockfile)
         drift = check_lock(lock, lock_dir, list(specs) if specs else None)
         if drift:
@@ -150,7 +164,7 @@ def lock_command(
     for spec in specs:
         if not spec.is_file():
             raise UsageError(Diagnostic("no such file", obj=str(spec)))
-    lock = build_lock(list(specs), list(models or []), lock_dir)
+    lock = build_lock(list(specs), list(models or []), lock_dir, **heads)
     write_atomic(lockfile, lock_json(lock))
     count = sum(len(entry["models"]) for entry in lock["specs"].values())
     error_console().print(Text(f"wrote {lockfile} ({count} plans)"))

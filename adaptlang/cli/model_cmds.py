@@ -14,17 +14,18 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from adaptlang.cli.head_args import HEAD_OPTION, NUM_LABELS_OPTION, Head, head_kwargs
 from adaptlang.cli.selector_arg import parse_selector_arg, selector_error
 from adaptlang.errors import AdaptError
 
 __all__ = ["inspect_command", "match_command", "presets_command", "register", "schema_command"]
 
 
-def load_signature(model: str) -> Any:
+def load_signature(model: str, head: Optional[Head] = None, num_labels: Optional[int] = None) -> Any:
     """Returns the signature of ``model`` (built on the meta device; presets come from the cache)."""
     from adaptlang.plan.compiler import resolve_signature
 
-    return resolve_signature(model)
+    return resolve_signature(model, **head_kwargs(head, num_labels))
 
 
 def find_targets(sig: Any, selector: Any) -> list[tuple[str, Optional[str]]]:
@@ -69,12 +70,14 @@ def match_command(
                                    show_default=False),
     model: str = typer.Option(..., "--model", "-m",
                               help="Model preset, directory, hub id (org/name) or pkg.module:factory."),
+    head: Optional[Head] = HEAD_OPTION,
+    num_labels: Optional[int] = NUM_LABELS_OPTION,
 ) -> None:
     """Show what a selector matches in a model: paths, classes, shapes, parameter counts."""
     from adaptlang.cli.output import stdout_console
 
     parsed, offset = parse_selector_arg(selector)
-    sig = load_signature(model)
+    sig = load_signature(model, head, num_labels)
     try:
         targets = find_targets(sig, parsed)
     except AdaptError as exc:
@@ -91,12 +94,14 @@ def inspect_command(
                               help="Model preset, directory, hub id (org/name) or pkg.module:factory."),
     depth: Optional[int] = typer.Option(None, "--depth", "-d", min=0, help="Levels to show (default: all)."),
     roles: bool = typer.Option(False, "--roles", help="List the model's roles and the modules they name instead."),
+    head: Optional[Head] = HEAD_OPTION,
+    num_labels: Optional[int] = NUM_LABELS_OPTION,
 ) -> None:
     """Show a model's module tree with roles and shapes (repeated layers collapsed)."""
     from adaptlang.cli.output import stdout_console
     from adaptlang.cli.tree import build_tree, roles_table
 
-    sig = load_signature(model)
+    sig = load_signature(model, head, num_labels)
     console = stdout_console()
     console.print(roles_table(sig) if roles else build_tree(sig, depth))
 

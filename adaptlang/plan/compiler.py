@@ -28,7 +28,8 @@ __all__ = ["bind_spec", "compile_plan", "load_spec_for_compile", "resolve_signat
 
 
 def compile_plan(spec_or_path: Any, model: Any = None, *, name: str | None = None,
-                 overrides: Mapping[str, float] | None = None) -> Plan:
+                 overrides: Mapping[str, float] | None = None, head: str | None = None,
+                 num_labels: int | None = None) -> Plan:
     """Binds a spec to a model and returns the plan.
 
     Args:
@@ -37,19 +38,26 @@ def compile_plan(spec_or_path: Any, model: Any = None, *, name: str | None = Non
             ``"pkg.module:factory"``, an ``nn.Module`` or a ``ModelSignature``.
             Defaults to the spec's ``model`` statement.
         name: The model's name in the plan (defaults to the preset or class name).
+            A label for people: it is not part of ``plan_sha256``.
         overrides: ``let`` constants to replace (``--set r=16``), by name.
+        head: Build a model reference with this task head (a key of
+            :data:`adaptlang.plan.models.HEADS`, as ``--head``); not for an
+            ``nn.Module``, a signature or a factory, which come with their own.
+        num_labels: The classification head's label count (``--num-labels``;
+            implies ``head="sequence-classification"``).
 
     Returns:
         The :class:`Plan`.
 
     Raises:
         SpecError: The spec does not parse or check.
-        UsageError: No model given anywhere, or an unknown model reference.
+        UsageError: No model given anywhere, an unknown model reference, or a
+            head for a model that is already built.
         BindError: Selectors that match nothing, deltas on modules they cannot
             act on, missing roles; every such problem at once.
     """
     spec = load_spec_for_compile(spec_or_path, overrides)
-    sig = resolve_signature(model if model is not None else spec.model, name)
+    sig = resolve_signature(model if model is not None else spec.model, name, head=head, num_labels=num_labels)
     return bind_spec(spec, sig)
 
 
@@ -77,11 +85,15 @@ def load_spec_for_compile(spec_or_path: Any, overrides: Mapping[str, float] | No
     return load_spec(spec_or_path, constants=dict(overrides) if overrides else None)
 
 
-def resolve_signature(model: Any, name: str | None = None) -> Any:
+def resolve_signature(model: Any, name: str | None = None, *, head: str | None = None,
+                      num_labels: int | None = None) -> Any:
     """Returns the signature of a model given any way ``compile_plan`` accepts.
 
+    ``head`` and ``num_labels`` are as in :func:`compile_plan`.
+
     Raises:
-        UsageError: ``model`` is None (no ``--model`` and no ``model`` statement).
+        UsageError: ``model`` is None (no ``--model`` and no ``model``
+            statement), or ``head``/``num_labels`` with a built model.
     """
     from adaptlang.plan.signature import ModelSignature, signature_of
 
@@ -89,6 +101,12 @@ def resolve_signature(model: Any, name: str | None = None) -> Any:
         raise UsageError(Diagnostic(
             "no model to compile against", obj="model",
             hint="add a `model NAME` statement to the spec, or pass --model / model=..."))
+    if head is None and num_labels is not None:
+        head = "sequence-classification"
+    if head is not None and (isinstance(model, ModelSignature) or hasattr(model, "named_modules")):
+        raise UsageError(Diagnostic(
+            f"a head ('{head}') applies to a model reference, not to a built {type(model).__name__}",
+            obj="head", hint="build the module with its head, or pass the preset/directory name"))
     if isinstance(model, ModelSignature):
         return model
     if hasattr(model, "named_modules"):
@@ -98,11 +116,11 @@ def resolve_signature(model: Any, name: str | None = None) -> Any:
 
     if isinstance(model, str) and model in PRESETS:
         # Presets never change: their signature is built once (and cached on disk).
-        sig = load_preset_signature(model)
+        sig = load_preset_signature(model, head, num_labels)
         return sig if name in (None, sig.name) else dataclasses.replace(sig, name=name)
     from adaptlang.plan.models import load_model
 
-    module, loaded_name = load_model(str(model), device="meta")
+    module, loaded_name = load_model(str(model), device="meta", head=head, num_labels=num_labels)
     return signature_of(module, name or _portable_name(loaded_name))
 
 

@@ -10,7 +10,9 @@ accepted by :func:`load_model`:
   built without the hub;
 * a local **Hugging Face model directory** (its ``config.json`` only; nothing
   is ever downloaded and weights are never read);
-* ``package.module:factory``: a callable returning any ``nn.Module``;
+* ``package.module:factory``: a callable returning any ``nn.Module``, called
+  under ``torch.device("meta")`` when compiling: it must build from a config,
+  not load weights (``from_pretrained`` and ``torch.load`` fail there).
 * a **Hugging Face hub id** (``org/name``, ``org/name@revision``): its
   ``config.json`` only, through ``huggingface_hub``'s cache (see
   :mod:`adaptlang.plan.hub`); the model is named by the hub id.
@@ -269,8 +271,15 @@ def _load_directory(path: Path, device: str, dtype: torch.dtype | None, head: st
 
 
 def _config_dtype(config: Any) -> torch.dtype | None:
-    """Returns the dtype a config was saved with (``dtype`` or the older ``torch_dtype``)."""
-    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    """Returns the dtype a config was saved with (``dtype`` or the older ``torch_dtype``).
+
+    Read from the instance's own fields: transformers 5 keeps ``dtype`` there
+    (a saved ``torch_dtype`` is renamed on load) and warns on every read of
+    the ``torch_dtype`` alias, so the alias is read only when a config has
+    no ``dtype`` field at all (transformers before 4.56).
+    """
+    fields = vars(config)
+    value = fields["dtype"] if "dtype" in fields else fields.get("torch_dtype")
     if isinstance(value, torch.dtype):
         return value
     found = getattr(torch, str(value), None) if value else None
@@ -329,8 +338,11 @@ def _load_factory(ref: str, device: str, dtype: torch.dtype | None) -> nn.Module
         with _building(device, dtype):
             model = factory()
     except Exception as exc:
+        # On meta, loading weights (from_pretrained, torch.load, a tensor copy) is what usually fails.
+        hint = ("compile builds the model on the meta device (no weights); a factory used with adaptc "
+                "compile should build from a config, not load weights") if str(device) == "meta" else None
         raise UsageError(Diagnostic(f"model factory '{ref}' failed: {type(exc).__name__}: {exc}",
-                                    obj=ref)) from None
+                                    obj=ref, hint=hint)) from None
     if not isinstance(model, nn.Module):
         raise UsageError(Diagnostic(f"model factory '{ref}' returned {type(model).__name__}, "
                                     "not a torch.nn.Module", obj=ref))

@@ -29,14 +29,31 @@ FORMAT_VERSION = 1
 
 
 def compute_plan_sha256(data: dict[str, Any]) -> str:
-    """Returns the sha256 of the canonical JSON of ``data`` without ``plan_sha256``.
+    """Returns the plan's identity: the sha256 of its canonical JSON without ``plan_sha256`` and ``model.name``.
 
     Canonical JSON: sorted keys, no whitespace, ASCII only, so the hash does
-    not depend on how the plan file was indented.
+    not depend on how the plan file was indented. The model's ``name`` is how
+    the user referred to the model (``BertModel`` from Python, a folder or a
+    ``pkg.mod:factory`` from the CLI): a label for people, kept in the JSON
+    but not hashed, so one spec bound to one model structure (class, family,
+    fingerprint, parameters, dtype) has one ``plan_sha256`` however it was
+    compiled.
     """
     body = {k: v for k, v in data.items() if k != "plan_sha256"}
+    if isinstance(body.get("model"), dict):
+        body["model"] = {k: v for k, v in body["model"].items() if k != "name"}
+    return _sha256_of(body)
+
+
+def _sha256_of(body: dict[str, Any]) -> str:
+    """The sha256 of ``body``'s canonical JSON."""
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _legacy_plan_sha256(data: dict[str, Any]) -> str:
+    """The hash adaptlang 0.1 plans were written with (``model.name`` included), to keep reading them."""
+    return _sha256_of({k: v for k, v in data.items() if k != "plan_sha256"})
 
 
 def _site_key(site: dict[str, Any]) -> str:
@@ -91,7 +108,9 @@ class Plan:
             text_or_dict: The JSON text, or the parsed dict.
 
         Returns:
-            The plan; ``to_json()`` gives back the same bytes.
+            The plan; ``to_json()`` gives back the same bytes. (A plan written
+            before ``model.name`` left the hash, whose ``plan_sha256`` covers
+            the name, is accepted and carries its current ``plan_sha256``.)
 
         Raises:
             UsageError: Not JSON, not a plan of this format, inconsistent
@@ -109,7 +128,7 @@ class Plan:
         problems = find_plan_inconsistencies(data)
         if problems:
             raise _plan_error("the plan's numbers do not add up", tuple(problems[:10]))
-        if compute_plan_sha256(data) != data["plan_sha256"]:
+        if data["plan_sha256"] not in (compute_plan_sha256(data), _legacy_plan_sha256(data)):
             raise _plan_error("plan_sha256 does not match the plan's content (was it edited?)")
         return cls(data)
 

@@ -28,6 +28,12 @@ __all__ = [
 #: How many nearest paths an error lists.
 _NEAREST = 5
 
+#: Module names of transformers' task heads, and the ``--head`` that builds each.
+#: A selector naming one the model lacks is usually a model built without
+#: that head (a bare ``BertModel`` folder), not a typo: the error says how to add it.
+_HEAD_MODULES = {"classifier": "sequence-classification", "score": "sequence-classification",
+                 "lm_head": "causal-lm", "qa_outputs": None}
+
 
 def render_selpath(path: ast.SelPath) -> str:
     """Renders one selector path back to text (``layers[-2:].{q_proj, v_proj} is Linear``)."""
@@ -148,11 +154,27 @@ def explain_empty(sig: Any, path: ast.SelPath, part: Any, want: str) -> Diagnost
     for el in _name_patterns(path.elements):
         if not any(fnmatchcase(v, el.pattern) for v in vocabulary):
             span = el.span
-            hint = did_you_mean(el.pattern, vocabulary) or f"no module or parameter is named '{el.pattern}'"
+            hint = (_head_hint(sig, el.pattern) or did_you_mean(el.pattern, vocabulary)
+                    or f"no module or parameter is named '{el.pattern}'")
             break
     nearest = _nearest_paths(sig, path, want)
     return Diagnostic(f"'{text}' matches nothing in {sig.name}", span=span, hint=hint,
                       notes=tuple(f"nearest: {p}" for p in nearest))
+
+
+def _head_hint(sig: Any, name: str) -> str | None:
+    """How to build the model with the task head named ``name`` (None: not a head's name)."""
+    if name not in _HEAD_MODULES:
+        return None
+    head = _HEAD_MODULES[name]
+    if head == "causal-lm" and sig.config.get("is_encoder_decoder"):
+        head = "seq2seq-lm"
+    has_head = any(path.rpartition(".")[2] in _HEAD_MODULES for path in sig.modules)
+    what = f"{sig.cls} has {'no' if not has_head else f'no {name!r}'} task head"
+    if head is None:  # no --head builds a question-answering model
+        return (f"{what}; '{name}' is a question-answering head: build the model with it in a "
+                "pkg.module:factory (e.g. AutoModelForQuestionAnswering.from_config)")
+    return f"{what}: build the model with --head {head} (Python: compile(..., head=\"{head}\"))"
 
 
 def _name_patterns(elements: Iterable[Any]) -> Iterable[ast.NamePat]:

@@ -4,8 +4,9 @@ Building a preset needs torch and transformers, and importing those takes
 seconds; the signature itself is a few hundred kilobytes of plain values. The
 first compile against a preset stores its signature as JSON; later processes
 read it back and never import torch. The cache key covers everything the
-signature depends on: the preset's table entry, the installed transformers and
-torch versions, adaptlang's version and this file's format. A cached file is
+signature depends on: the preset's table entry, the task head and label count
+it was built with (``--head``, ``--num-labels``), the installed transformers
+and torch versions, adaptlang's version and this file's format. A cached file is
 trusted only if its recomputed fingerprint matches the one it stores, and
 every failure to read or write (a read-only home, a corrupt file) falls back
 to building the model, silently: the cache can make compiling faster, never
@@ -81,8 +82,8 @@ def _version(package: str) -> str:
         return "none"
 
 
-def _cache_file(name: str) -> Path | None:
-    """The cache file of preset ``name`` under the current key, or None when off."""
+def _cache_file(name: str, head: str | None = None, num_labels: int | None = None) -> Path | None:
+    """The cache file of preset ``name`` (with ``head``) under the current key, or None when off."""
     folder = cache_dir()
     if folder is None:
         return None
@@ -92,15 +93,16 @@ def _cache_file(name: str) -> Path | None:
     preset = PRESETS[name]
     key = json.dumps({
         "format": CACHE_FORMAT, "adaptlang": __version__, "transformers": _version("transformers"),
-        "torch": _version("torch"), "preset": asdict(preset),
+        "torch": _version("torch"), "preset": asdict(preset), "head": head, "num_labels": num_labels,
     }, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
     return folder / "signatures" / f"{name}-{digest}.json"
 
 
-def read_cached_signature(name: str) -> ModelSignature | None:
-    """Returns preset ``name``'s cached signature, or None (missing, stale, corrupt or off)."""
-    path = _cache_file(name)
+def read_cached_signature(name: str, head: str | None = None,
+                          num_labels: int | None = None) -> ModelSignature | None:
+    """Returns preset ``name``'s cached signature (built with ``head``), or None (missing, stale, corrupt or off)."""
+    path = _cache_file(name, head, num_labels)
     if path is None or not path.is_file():
         return None
     try:
@@ -112,9 +114,10 @@ def read_cached_signature(name: str) -> ModelSignature | None:
     return sig
 
 
-def write_cached_signature(name: str, sig: ModelSignature) -> None:
-    """Stores preset ``name``'s signature atomically; any failure is ignored."""
-    path = _cache_file(name)
+def write_cached_signature(name: str, sig: ModelSignature, head: str | None = None,
+                           num_labels: int | None = None) -> None:
+    """Stores preset ``name``'s signature (built with ``head``) atomically; any failure is ignored."""
+    path = _cache_file(name, head, num_labels)
     if path is None:
         return
     try:

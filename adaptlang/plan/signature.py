@@ -167,8 +167,11 @@ def signature_of(model: nn.Module, name: str | None = None) -> ModelSignature:
 
 
 @functools.lru_cache(maxsize=None)
-def load_preset_signature(name: str) -> ModelSignature:
+def load_preset_signature(name: str, head: str | None = None, num_labels: int | None = None) -> ModelSignature:
     """Returns a preset's signature (built on meta), memoised per process.
+
+    ``head`` and ``num_labels`` build it with a task head
+    (:func:`adaptlang.plan.models.load_model`); each is part of the cache key.
 
     Presets never change, so compiling against one twice need not rebuild a
     70B meta model: this turns a ~40 ms compile into ~5 ms. Across processes
@@ -185,13 +188,13 @@ def load_preset_signature(name: str) -> ModelSignature:
     if name not in PRESETS:  # directories and factories can change between calls
         raise UsageError(Diagnostic(f"'{name}' is not a model preset", obj=name,
                                     hint=did_you_mean(name, PRESETS)))
-    sig = read_cached_signature(name)
+    sig = read_cached_signature(name, head, num_labels)
     if sig is None:
         from adaptlang.plan.models import load_model
 
-        module, loaded = load_model(name, device="meta")
+        module, loaded = load_model(name, device="meta", head=head, num_labels=num_labels)
         sig = signature_of(module, loaded)
-        write_cached_signature(name, sig)
+        write_cached_signature(name, sig, head, num_labels)
     return sig
 
 

@@ -8,7 +8,7 @@ now, sharded ones included (:mod:`adaptlang.runtime.shards`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -44,6 +44,20 @@ class ParameterMethods:
         reshard(self.model)  # after a no-grad forward FSDP2's root holds unsharded copies it will drop
         wanted = {id(ref.get()) for ref in self._patch.configs[self._active].trainable}
         return [(n, p) for n, p in self.model.named_parameters() if id(p) in wanted]
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """Yields the active task's trainable parameters: what an optimizer takes.
+
+        Like ``nn.Module.parameters()``, but only what trains:
+        ``torch.optim.AdamW(adapted.parameters(), lr=1e-4)``. The same tensors,
+        in the same (model) order, as :meth:`trainable_parameters` without
+        their names; the list is read when the iterator is made, so a later
+        ``use()`` does not change an iterator already handed out.
+
+        Raises:
+            RuntimeApplyError: The handle was removed.
+        """
+        return iter([p for _, p in self.trainable_parameters()])
 
     def delta_parameters(self, delta: str) -> dict[str, nn.Parameter]:
         """Returns a delta's parameters keyed ``"{site path}/{local name}"``, as the model holds them now.

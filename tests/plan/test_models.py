@@ -271,3 +271,111 @@ def test_factory_misspelt_attribute_suggests_the_real_one(factory_module: str) -
     with pytest.raises(UsageError) as info:
         load_model(f"{factory_module}:buld")
     assert info.value.diagnostics[0].hint == "did you mean 'build'?"
+
+
+def test_a_failing_factory_on_meta_says_compile_builds_without_weights(tmp_path, monkeypatch) -> None:
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                         vocab_size=50)).save_pretrained(str(tmp_path / "bert"))
+    (tmp_path / "adaptlang_test_loading.py").write_text(
+        "import transformers\n"
+        f"def load():\n    return transformers.BertModel.from_pretrained({str(tmp_path / 'bert')!r})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UsageError) as info:
+        load_model("adaptlang_test_loading:load")
+    diag = info.value.diagnostics[0]
+    assert "model factory 'adaptlang_test_loading:load' failed" in diag.message
+    assert "meta device (no weights)" in diag.hint and "build from a config" in diag.hint
+    model, _ = load_model("adaptlang_test_loading:load", device="cpu")  # with storage it loads
+    assert type(model).__name__ == "BertModel"
+
+
+# ----------------------------------------------------------------------
+# Task heads (head=, num_labels=).
+
+BERT_SMALL = dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=50)
+
+
+@pytest.mark.parametrize("preset, head, cls, head_module", [
+    ("tiny-bert", "sequence-classification", "BertForSequenceClassification", "classifier"),
+    ("tiny-bert", "causal-lm", "BertLMHeadModel", "cls"),
+    ("tiny-bert", "base", "BertModel", None),
+    ("tiny-llama", "sequence-classification", "LlamaForSequenceClassification", "score"),
+    ("tiny-llama", "base", "LlamaModel", None),
+    ("tiny-t5", "seq2seq-lm", "T5ForConditionalGeneration", "lm_head"),
+])
+def test_each_head_builds_on_a_preset(preset: str, head: str, cls: str, head_module) -> None:
+    model, name = load_model(preset, head=head)
+    assert name == preset and type(model).__name__ == cls
+    if head_module is not None:
+        assert hasattr(model, head_module)
+
+
+def test_each_head_builds_on_a_directory(tmp_path) -> None:
+    from transformers import BertConfig
+
+    save_config(tmp_path, BertConfig(architectures=["BertModel"], **BERT_SMALL))
+    assert type(load_model(str(tmp_path))[0]).__name__ == "BertModel"  # what config.json names
+    for head, cls in [("sequence-classification", "BertForSequenceClassification"),
+                      ("causal-lm", "BertLMHeadModel"), ("base", "BertModel")]:
+        model, _ = load_model(str(tmp_path), head=head)
+        assert type(model).__name__ == cls, head
+
+
+@pytest.mark.parametrize("ref", ["tiny-bert", "dir"])
+def test_num_labels_sets_the_classifier_width(tmp_path, ref: str) -> None:
+    from transformers import BertConfig
+
+    save_config(tmp_path, BertConfig(architectures=["BertModel"], **BERT_SMALL))
+    ref = str(tmp_path) if ref == "dir" else ref
+    default, _ = load_model(ref, head="sequence-classification")
+    assert default.classifier.out_features == 2  # transformers' default num_labels
+    model, _ = load_model(ref, num_labels=5)  # implies the classification head
+    assert type(model).__name__ == "BertForSequenceClassification"
+    assert (model.classifier.in_features, model.classifier.out_features) == (32, 5)
+
+
+def test_head_errors_are_clear_usage_errors(factory_module: str) -> None:
+    with pytest.raises(UsageError) as info:
+        load_model("tiny-bert", head="seq2seq-lm")
+    diag = info.value.diagnostics[0]
+    assert diag.message == "model type 'bert' has no seq2seq-lm head in transformers"
+    assert diag.hint == "heads it has: sequence-classification, causal-lm, base"
+    with pytest.raises(UsageError) as info:
+        load_model("tiny-bert", head="sequence-clasification")
+    assert info.value.diagnostics[0].hint == "did you mean 'sequence-classification'?"
+    with pytest.raises(UsageError, match="num_labels needs the sequence-classification head"):
+        load_model("tiny-bert", head="causal-lm", num_labels=3)
+    with pytest.raises(UsageError, match="num_labels must be at least 1"):
+        load_model("tiny-bert", num_labels=0)
+    with pytest.raises(UsageError) as info:
+        load_model(f"{factory_module}:build", head="sequence-classification")
+    assert "--head does not apply to a model factory" in info.value.diagnostics[0].message
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("saved", [None, "bfloat16"])
+def test_a_directory_dtype_is_read_without_the_deprecated_torch_dtype(tmp_path, monkeypatch, saved) -> None:
+    """transformers 5 warns on every read of ``config.torch_dtype`` (all-MiniLM-L6-v2 saves no dtype)."""
+    import transformers
+    from transformers import BertConfig
+
+    save_config(tmp_path, BertConfig(architectures=["BertModel"], **BERT_SMALL))
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw.pop("dtype", None)
+    if saved:
+        raw["torch_dtype"] = saved  # as checkpoints saved by transformers 4 spell it
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    reads = []
+    alias = transformers.PretrainedConfig.torch_dtype  # the property that logs the deprecation
+
+    def counted(config):
+        reads.append(config)
+        return alias.fget(config)
+
+    monkeypatch.setattr(transformers.PretrainedConfig, "torch_dtype", property(counted, alias.fset))
+    model, _ = load_model(str(tmp_path))
+    assert reads == []
+    expected = torch.bfloat16 if saved else torch.float32  # no dtype saved: torch's default
+    assert model.embeddings.word_embeddings.weight.dtype == expected

@@ -72,3 +72,21 @@ def test_warm_compile_imports_neither_torch_nor_transformers(cache):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+HEAD_SPEC = "adaptlang 1\ntune head { params classifier }\n"
+
+
+def test_the_cache_keys_on_the_head_and_label_count(cache):
+    bare = load_preset_signature("tiny-bert")
+    two = load_preset_signature("tiny-bert", "sequence-classification", 2)
+    five = load_preset_signature("tiny-bert", "sequence-classification", 5)
+    assert (bare.cls, two.cls) == ("BertModel", "BertForSequenceClassification")
+    assert len(set((cache / "signatures").glob("tiny-bert-*.json"))) == 3
+    load_preset_signature.cache_clear()  # the next reads come from disk, each from its own file
+    assert sigcache.read_cached_signature("tiny-bert") == bare
+    assert sigcache.read_cached_signature("tiny-bert", "sequence-classification", 5) == five
+    # tiny-bert is 32 wide: classifier 32 x labels + labels
+    plan = compile_plan(HEAD_SPEC, "tiny-bert", num_labels=5)
+    assert plan.delta("head")["params"] == 32 * 5 + 5
+    assert compile_plan(HEAD_SPEC, "tiny-bert", head="sequence-classification").delta("head")["params"] == 32 * 2 + 2

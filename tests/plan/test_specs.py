@@ -53,6 +53,9 @@ PINNED = {
     # 0.5% of down_proj in layers 0-27 (round(225,443.84)), 1% in the last four (round(450,887.68))
     "sparse": ({"mlp_out": 28 * 225_444 + 4 * 450_888}, {"default": (8_115_984, 8_115_984)}),
     # LANGUAGE.md's tables, verbatim
+    # BERT-base with a 2-label classification head: LoRA rank 8 on query and value in 12 layers
+    # (8 x (768 in + 768 out) each); the classifier is Linear(768, 2): 768 x 2 weights + 2 biases.
+    "sentiment": ({"qv": 12 * 2 * 8 * (768 + 768), "head": 768 * 2 + 2}, {"sentiment": (296_450, 296_450)}),
     "multitask": (
         {"attn": 4_194_304, "mlp": 7_249_920, "bottleneck": 16_910_336, "instruct": 81_920,
          "head": 131_072_000},
@@ -68,14 +71,18 @@ SITES = {
 }
 
 
+#: Specs whose model needs a task head (``adaptc compile --head ... --num-labels ...``).
+HEADS = {"sentiment": {"head": "sequence-classification", "num_labels": 2}}
+
+
 def test_every_spec_is_pinned():
     assert sorted(p.stem for p in SPECS.glob("*.adapt")) == sorted(PINNED)
 
 
 @pytest.fixture(scope="module", params=sorted(PINNED))
 def compiled(request):
-    """``(name, plan)`` for each spec, compiled against its own ``model`` statement."""
-    return request.param, compile_plan(SPECS / f"{request.param}.adapt")
+    """``(name, plan)`` for each spec, compiled against its own ``model`` statement (with its head)."""
+    return request.param, compile_plan(SPECS / f"{request.param}.adapt", **HEADS.get(request.param, {}))
 
 
 def test_spec_numbers_are_exact(compiled):

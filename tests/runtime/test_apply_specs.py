@@ -40,8 +40,11 @@ SPEC_TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "prompt.adapt": ("tiny-llama", ("default",)),
     "qlora.adapt": ("tiny-llama", ("default",)),
     "rslora.adapt": ("tiny-llama", ("default",)),
+    "sentiment.adapt": ("tiny-bert", ("sentiment",)),
     "sparse.adapt": ("tiny-llama", ("default",)),
 }
+#: Specs whose model is built with a task head (``load_model(head=..., num_labels=...)``).
+SPEC_HEADS = {"sentiment.adapt": {"head": "sequence-classification", "num_labels": 2}}
 CASES = [(spec, task) for spec, (_, tasks) in SPEC_TASKS.items() for task in tasks]
 #: Tasks that include a prompt delta (-> its name): their outputs gain the virtual tokens.
 PROMPT_TASKS = {("multitask.adapt", "qa_v2"): "instruct", ("prompt.adapt", "default"): "prefix"}
@@ -55,18 +58,28 @@ def setup(rt, tmp_path):
 
     def build(spec: str, task: str):
         preset, _ = SPEC_TASKS[spec]
-        model, _ = load_model(preset, device="cpu")
+        model = build_model(spec)
         adapted = adaptlang.apply(model, SPECS / spec, task=task, tokenizer=tokenizer)
         return model, adapted, loss_function(preset, model)
 
     return build
 
 
+def build_model(spec: str) -> torch.nn.Module:
+    """The spec's tiny preset with random weights, with its task head when it needs one."""
+    model, _ = load_model(SPEC_TASKS[spec][0], device="cpu", **SPEC_HEADS.get(spec, {}))
+    return model
+
+
 def loss_function(preset: str, model: torch.nn.Module):
-    """A fixed-batch loss: the LM loss, or (BertModel, no head) a regression of the last hidden state."""
+    """A fixed-batch loss: the LM loss, a classification loss, or (BertModel, no head) a regression
+    of the last hidden state."""
     gen = torch.Generator().manual_seed(11)
     ids = torch.randint(1, 64, (2, 7), generator=gen)
     mask = torch.ones_like(ids)
+    if hasattr(model, "classifier"):
+        labels = torch.tensor([0, 1])
+        return lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss
     if preset == "tiny-bert":
         target = torch.randn(2, 7, 32, generator=gen)
         return lambda: torch.nn.functional.mse_loss(model(input_ids=ids, attention_mask=mask).last_hidden_state,
@@ -99,8 +112,7 @@ def test_table_covers_every_spec():
 
 @pytest.mark.parametrize("spec,task", CASES)
 def test_fresh_task_leaves_outputs_unchanged(spec, task, rt, tmp_path):
-    preset, _ = SPEC_TASKS[spec]
-    model, _ = load_model(preset, device="cpu")
+    model = build_model(spec)
     reference = copy.deepcopy(model)
     ids = torch.randint(1, 64, (2, 7), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():

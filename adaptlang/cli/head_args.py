@@ -1,0 +1,54 @@
+"""``--head`` and ``--num-labels``: the task head a model reference is built with.
+
+A Hugging Face directory builds the class its ``config.json`` names (for
+all-MiniLM-L6-v2 the bare ``BertModel``, which has no ``classifier``), and a
+preset the class of its table. ``--head sequence-classification`` builds the
+same model with a classification head instead, so a spec that tunes
+``classifier`` binds from the CLI as it does from Python on a
+``BertForSequenceClassification``. The commands that take ``--model``
+(``compile``, ``check``, ``match``, ``inspect``, ``lock``, ``diff``) share
+these options.
+
+The choices are spelt out here rather than read from
+:data:`adaptlang.plan.models.HEADS`, which imports torch: ``adaptc check``
+without a model never does. A test keeps the two lists equal.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Optional
+
+import typer
+
+__all__ = ["Head", "HEAD_OPTION", "NUM_LABELS_OPTION", "head_kwargs"]
+
+
+class Head(str, Enum):
+    """``--head`` values (the keys of :data:`adaptlang.plan.models.HEADS`)."""
+
+    sequence_classification = "sequence-classification"
+    causal_lm = "causal-lm"
+    seq2seq_lm = "seq2seq-lm"
+    base = "base"
+
+
+HEAD_OPTION: Any = typer.Option(
+    None, "--head",
+    help="Build the model with this task head (e.g. sequence-classification on a bare BertModel folder); "
+         "not for pkg.module:factory.",
+)
+NUM_LABELS_OPTION: Any = typer.Option(
+    None, "--num-labels", min=1,
+    help="Labels of the classification head (implies --head sequence-classification; default 2).",
+)
+
+
+def head_kwargs(head: Optional[Head], num_labels: Optional[int]) -> dict[str, Any]:
+    """Returns ``{"head": ..., "num_labels": ...}`` for ``compile_plan``/``resolve_signature`` (set ones only)."""
+    out: dict[str, Any] = {}
+    if head is not None:
+        out["head"] = head.value
+    if num_labels is not None:
+        out["num_labels"] = int(num_labels)
+    return out
