@@ -166,8 +166,10 @@ def check_text(data: DataFile, dataset: Any, field: str) -> Any:
         DataError: Naming the first row whose value is not a string.
     """
     if data.path.suffix.lower() == ".csv":
-        if dataset.features[field].dtype != "string":
-            dataset = dataset.map(lambda row: {field: str(row[field])}, keep_in_memory=True)
+        if getattr(dataset.features[field], "dtype", None) != "string":
+            from datasets import Value
+
+            dataset = dataset.cast_column(field, Value("string"))
         return dataset
     for row, value in zip(dataset[ROW], dataset[field]):
         if not isinstance(value, str):

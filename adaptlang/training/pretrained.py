@@ -115,10 +115,12 @@ def _preset(ref: str, head: str, labels: Labels | None) -> dict[str, Any]:
     from adaptlang.plan.models import load_model
 
     if not ref.startswith("tiny-"):
+        hint = ("give a local Hugging Face model folder or a hub id; only the tiny-* presets train "
+                "from random weights (for tests)")
+        if Path(ref).exists():
+            hint = f"presets come first: write ./{ref} for the folder '{ref}'"
         raise UsageError(Diagnostic(
-            f"preset '{ref}' has no weights: training it would start from random values", obj=ref,
-            hint="give a local Hugging Face model folder or a hub id; only the tiny-* presets train "
-                 "from random weights (for tests)"))
+            f"preset '{ref}' has no weights: training it would start from random values", obj=ref, hint=hint))
     model, _ = load_model(ref, device="cpu", dtype=torch.float32, head=head,
                           num_labels=len(labels.names) if labels is not None else None)
     _set_labels(model, labels)
