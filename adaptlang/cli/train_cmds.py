@@ -20,7 +20,7 @@ from typing import Any, Optional
 import typer
 from rich.text import Text
 
-from adaptlang.errors import Diagnostic, UsageError
+from adaptlang.errors import AdaptError, Diagnostic, UsageError
 
 __all__ = ["RichReporter", "register", "train_command"]
 
@@ -167,6 +167,10 @@ def train_command(
     reporter = RichReporter(error_console(), stdout_console()) if main else Reporter()
     try:
         result = train(config, reporter)
+    except AdaptError as exc:
+        if not main:  # torchrun: every rank meets the same error; rank 0 shows it once
+            raise typer.Exit(exc.exit_code) from None
+        raise
     except KeyboardInterrupt:
         if isinstance(reporter, RichReporter):
             reporter.stop()

@@ -143,8 +143,14 @@ def training_arguments(output_dir: Path, flags: dict[str, Any], file_args: dict[
     merged.update(file_args)
     merged.update({FLAGS[name]: value for name, value in flags.items() if value is not None})
     merged.setdefault("data_seed", merged["seed"])
+    gpu = _has_gpu()
     # Pinned host memory only speeds up copies to a GPU; without one torch warns on every data loader.
-    merged.setdefault("dataloader_pin_memory", _has_gpu())
+    merged.setdefault("dataloader_pin_memory", gpu)
+    if not gpu:
+        # Without a GPU, accelerate runs torchrun's processes as one distributed CPU job only when told
+        # (use_cpu); gloo is torch's CPU backend. With one process both change nothing.
+        merged.setdefault("use_cpu", True)
+        merged.setdefault("ddp_backend", "gloo")
     if not has_eval and str(merged.get("eval_strategy", "no")) != "no":
         raise UsageError(Diagnostic(f"eval_strategy '{merged['eval_strategy']}' without evaluation data",
                                     obj=str(file or "--trainer-args"), hint="pass --eval FILE or --eval-split 0.1"))

@@ -123,3 +123,14 @@ lora attn {
 
 task translate = attn
 """
+
+
+def tiny_llama_model() -> object:
+    """A ``pkg.module:factory`` for the tests: the seeded tiny Llama of :func:`tiny_llama_folder`, built in code."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                        tie_word_embeddings=False, pad_token_id=0, bos_token_id=2, eos_token_id=3))

@@ -92,3 +92,27 @@ def test_unknown_models_get_the_compilers_error():
     with pytest.raises(UsageError, match="unknown model 'tiny-lama'") as err:
         load_pretrained("tiny-lama", "causal-lm")
     assert err.value.diagnostics[0].hint == "did you mean 'tiny-llama'?"
+
+
+def test_hub_ids_load_the_folder_the_hub_layer_gives(monkeypatch, llama_folder):
+    import adaptlang.plan.hub as hub
+
+    asked = []
+
+    def local_model_dir(ref, *, weights=False):
+        asked.append((ref, weights))
+        return llama_folder if ref == "org/tiny-llama" else None
+
+    monkeypatch.setattr(hub, "local_model_dir", local_model_dir)
+    loaded = load_pretrained("org/tiny-llama", "causal-lm")
+    assert (loaded.kind, loaded.name) == ("hub", "org/tiny-llama")  # the hub id: portable, unlike the cache path
+    assert asked == [("org/tiny-llama", True)]  # weights and tokenizer wanted, not only config.json
+
+
+def test_a_factory_model_with_a_tokenizer_folder(llama_folder):
+    ref = "tests.training.support:tiny_llama_model"
+    with pytest.raises(UsageError, match="has no tokenizer of its own"):
+        load_pretrained(ref, "causal-lm")
+    loaded = load_pretrained(ref, "causal-lm", tokenizer=llama_folder)
+    assert (loaded.kind, loaded.name, loaded.new_parameters) == ("factory", ref, ())
+    assert type(loaded.model).__name__ == "LlamaForCausalLM" and loaded.model.training
