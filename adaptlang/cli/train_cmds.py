@@ -133,7 +133,7 @@ def train_command(
                                              "(default: refuse rows longer than the model takes)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs [default: 3]."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [default: 1e-3]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per device and step [default: 16]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per device and step [default: 32]."),
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Batches per optimizer step [default: 1]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for deltas, new heads, shuffling, splits "
                                        "[default: 0]."),

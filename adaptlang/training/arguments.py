@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ __all__ = ["DEFAULTS", "FLAGS", "read_trainer_args", "training_arguments"]
 DEFAULTS: dict[str, Any] = {
     "num_train_epochs": 3.0,
     "learning_rate": 1e-3,
-    "per_device_train_batch_size": 16,
+    "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 64,
     "gradient_accumulation_steps": 1,
     "seed": 0,
@@ -148,9 +149,10 @@ def training_arguments(output_dir: Path, flags: dict[str, Any], file_args: dict[
     merged.setdefault("dataloader_pin_memory", gpu)
     if not gpu:
         # Without a GPU, accelerate runs torchrun's processes as one distributed CPU job only when told
-        # (use_cpu); gloo is torch's CPU backend. With one process both change nothing.
+        # (use_cpu), with gloo, torch's CPU backend; a backend named in one process fails (no process group).
         merged.setdefault("use_cpu", True)
-        merged.setdefault("ddp_backend", "gloo")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            merged.setdefault("ddp_backend", "gloo")
     if not has_eval and str(merged.get("eval_strategy", "no")) != "no":
         raise UsageError(Diagnostic(f"eval_strategy '{merged['eval_strategy']}' without evaluation data",
                                     obj=str(file or "--trainer-args"), hint="pass --eval FILE or --eval-split 0.1"))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adaptlang.errors import DataError, Diagnostic, UsageError
-from adaptlang.training.data import ROW, DataFile
+from adaptlang.training.data import ROW, DataFile, columns
 from adaptlang.training.objective import CLASSIFICATION, SEQ2SEQ, Labels, Objective
 
 __all__ = ["Encoded", "IGNORE", "collator", "encode"]
@@ -59,7 +59,7 @@ def encode(data: DataFile, rows: Any, objective: Objective, tokenizer: Any, *, l
 
     Args:
         data: The file the rows come from (named in errors).
-        rows: The rows, with their :data:`~adaptlang.training.data.ROW` numbers.
+        rows: The rows (a ``datasets.Dataset``), with their :data:`~adaptlang.training.data.ROW` numbers.
         objective: What to train.
         tokenizer: A ``transformers`` tokenizer.
         labels: The label ids (classification).
@@ -76,6 +76,7 @@ def encode(data: DataFile, rows: Any, objective: Objective, tokenizer: Any, *, l
     if max_length is not None and limit is not None and max_length > limit:
         raise UsageError(Diagnostic(f"--max-length {max_length} is more than the model takes ({limit} tokens)",
                                     obj="--max-length", notes=(limit_note,) if limit_note else ()))
+    rows = columns(rows, [ROW, *objective.fields.values()])
     build = _classification if objective.name == CLASSIFICATION else _seq2seq if objective.name == SEQ2SEQ \
         else _causal
     encoded = build(rows, objective, tokenizer, labels, None)
@@ -107,7 +108,7 @@ def _cut(max_length: int | None) -> dict[str, Any]:
 def _classification(rows: Any, objective: Objective, tokenizer: Any, labels: Labels | None,
                     max_length: int | None) -> dict[str, list]:
     assert labels is not None
-    out = {k: list(v) for k, v in tokenizer(list(rows[objective.fields["text"]]), **_cut(max_length)).items()}
+    out = {k: list(v) for k, v in tokenizer(rows[objective.fields["text"]], **_cut(max_length)).items()}
     ids = labels.ids()
     out["labels"] = [ids[v] for v in rows[objective.fields["label"]]]
     return out
@@ -115,8 +116,8 @@ def _classification(rows: Any, objective: Objective, tokenizer: Any, labels: Lab
 
 def _seq2seq(rows: Any, objective: Objective, tokenizer: Any, labels: Labels | None,
              max_length: int | None) -> dict[str, list]:
-    out = {k: list(v) for k, v in tokenizer(list(rows[objective.fields["source"]]), **_cut(max_length)).items()}
-    targets = tokenizer(text_target=list(rows[objective.fields["target"]]), **_cut(max_length))
+    out = {k: list(v) for k, v in tokenizer(rows[objective.fields["source"]], **_cut(max_length)).items()}
+    targets = tokenizer(text_target=rows[objective.fields["target"]], **_cut(max_length))
     out["labels"] = [list(ids) for ids in targets["input_ids"]]
     return out
 
@@ -126,8 +127,8 @@ def _causal(rows: Any, objective: Objective, tokenizer: Any, labels: Labels | No
     """Causal LM rows; truncation cuts the end (the prompt stays whole when it fits)."""
     eos = tokenizer.eos_token_id
     if objective.completion_only:
-        prompts = tokenizer(list(rows[objective.fields["prompt"]]), truncation=False)["input_ids"]
-        completions = tokenizer(list(rows[objective.fields["completion"]]), truncation=False,
+        prompts = tokenizer(rows[objective.fields["prompt"]], truncation=False)["input_ids"]
+        completions = tokenizer(rows[objective.fields["completion"]], truncation=False,
                                 add_special_tokens=False)["input_ids"]
         input_ids, targets = [], []
         for prompt, completion in zip(prompts, completions):
@@ -136,7 +137,7 @@ def _causal(rows: Any, objective: Objective, tokenizer: Any, labels: Labels | No
             targets.append([IGNORE] * len(prompt) + completion)
     else:
         input_ids = []
-        for ids in tokenizer(list(rows[objective.fields["text"]]), truncation=False)["input_ids"]:
+        for ids in tokenizer(rows[objective.fields["text"]], truncation=False)["input_ids"]:
             ids = list(ids)
             if eos is not None and (not ids or ids[-1] != eos):
                 ids.append(eos)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adaptlang.errors import DataError, Diagnostic, UsageError, did_you_mean
-from adaptlang.training.data import ROW, DataFile
+from adaptlang.training.data import ROW, DataFile, columns
 
 __all__ = ["CAUSAL_LM", "CLASSIFICATION", "Fields", "HEAD_OF", "Labels", "OBJECTIVES", "SEQ2SEQ", "Objective",
            "choose_objective", "label_set"]
@@ -168,7 +168,8 @@ def label_set(parts: list[tuple[DataFile, Any]], label: str, num_labels: int | N
     seen: set[Any] = set()
     train_file = parts[0][0]
     for index, (data, rows) in enumerate(parts):
-        for row, value in zip(rows[ROW], rows[label]):
+        table = columns(rows, [ROW, label])
+        for row, value in zip(table[ROW], table[label]):
             kind = _kind(value)
             if kind is None:
                 raise DataError(Diagnostic(

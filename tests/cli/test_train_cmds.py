@@ -48,7 +48,7 @@ def test_the_demo_command_prints_accuracy_before_and_after(runner, tmp_path):
     assert lines[-1] == f"wrote {tmp_path / 'out' / 'sentiment.safetensors'}"
     assert "task sentiment: 74,498 trainable parameters" in result.stderr
     assert "before training: accuracy" in result.stderr
-    assert "epoch 1  step 2  loss " in result.stderr  # 32 rows / 16 = 2 steps, one line per epoch
+    assert "epoch 1  step 1  loss " in result.stderr  # 32 rows in batches of 32 (the default): one step
     shown = invoke(runner, "show", tmp_path / "out" / "sentiment.safetensors")
     assert shown.exit_code == 0
     assert "  objective     classification" in shown.stdout

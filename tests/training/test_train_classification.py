@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
     train_file = write_jsonl(folder / "train.jsonl", rows)
     eval_file = write_jsonl(folder / "test.jsonl", sentiment_rows(EVAL_ROWS, seed=0, offset=TRAIN_ROWS))
     config = TrainConfig(spec=SENTIMENT_SPEC, model=str(minilm()), data=train_file, eval_data=eval_file,
-                         task="sentiment", out=folder / "out", epochs=2, lr=3e-3)
+                         task="sentiment", out=folder / "out", epochs=2, lr=3e-3, batch_size=16)
     return train(config), train_file, eval_file, folder / "out"
 
 
