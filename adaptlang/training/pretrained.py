@@ -23,6 +23,7 @@ initialised at random (a classification head on a bare encoder):
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,9 @@ def load_pretrained(ref: str, head: str, *, labels: Labels | None = None, tokeni
         if ref in PRESETS:
             loaded = _preset(ref, head, labels)
         elif Path(ref).expanduser().exists():
-            loaded = _directory(Path(ref).expanduser(), head, labels, Path(ref).resolve().name, "directory")
+            # The folder's own name as given (a symlink's, not its target's), without the machine's path.
+            name = os.path.basename(os.path.abspath(os.path.expanduser(ref)))
+            loaded = _directory(Path(ref).expanduser(), head, labels, name, "directory")
         elif _FACTORY_REF.match(ref):
             loaded = _factory(ref)
         else:
