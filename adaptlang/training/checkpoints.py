@@ -24,7 +24,32 @@ from transformers import Trainer
 from adaptlang.bundles.trainer import BUNDLE_FOLDER
 from adaptlang.errors import Diagnostic, UsageError
 
-__all__ = ["AdapterTrainer", "checkpoint_bundle", "load_checkpoint"]
+__all__ = ["AdapterTrainer", "checkpoint_bundle", "last_checkpoint", "load_checkpoint"]
+
+
+def last_checkpoint(folder: Path, task: str) -> tuple[str | None, list[str]]:
+    """The last complete checkpoint in ``folder``, and the incomplete ones after it.
+
+    The ``Trainer`` writes a checkpoint's files one after the other and
+    ``trainer_state.json`` last: a run stopped while saving leaves a folder
+    without it (or without the bundle), from which no resume can start.
+
+    Returns:
+        ``(path of the last complete checkpoint or None, names of later incomplete ones)``.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    found = []
+    for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.rpartition("-")[2]
+        if path.is_dir() and step.isdigit():
+            found.append((int(step), path))
+    incomplete: list[str] = []
+    for _, path in sorted(found, reverse=True):
+        if (path / "trainer_state.json").is_file() and checkpoint_bundle(path, task).is_file():
+            return str(path), sorted(incomplete)
+        incomplete.append(path.name)
+    return None, sorted(incomplete)
 
 
 def checkpoint_bundle(checkpoint: str | Path, task: str) -> Path:

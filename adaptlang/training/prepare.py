@@ -80,18 +80,21 @@ def _rows(data: DataFile, objective: Objective) -> tuple[Any, int]:
     return rows, dropped
 
 
-def _checkpoint_folder(config: Any) -> tuple[Path, str | None]:
+def _checkpoint_folder(config: Any, reporter: Reporter) -> tuple[Path, str | None]:
     """``OUT/checkpoints`` and the checkpoint to resume from (None: a fresh run)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    from adaptlang.training.checkpoints import last_checkpoint
 
     folder = Path(config.out) / "checkpoints"
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
     if config.resume and config.overwrite:
         raise UsageError(Diagnostic("--resume and --overwrite contradict each other", obj="--resume"))
     if config.resume:
+        last, incomplete = last_checkpoint(folder, config.task) if folder.is_dir() else (None, [])
         if last is None:
-            raise UsageError(Diagnostic(f"--resume: no checkpoint in {folder}", obj=str(folder),
-                                        hint="run without --resume to start training"))
+            raise UsageError(Diagnostic(f"--resume: no complete checkpoint in {folder}", obj=str(folder),
+                                        hint="run without --resume (and with --overwrite) to start training",
+                                        notes=tuple(f"incomplete: {name}" for name in incomplete)))
+        for name in incomplete:  # stopped while saving; the next save at that step writes it anew
+            reporter.warning(f"skipping {folder / name}: incomplete (the run stopped while saving it)")
         return folder, last
     if folder.is_dir() and any(folder.iterdir()):
         if not config.overwrite:
@@ -147,7 +150,7 @@ def prepare(config: Any, spec: Any, reporter: Reporter) -> Prepared:
     file_args = read_trainer_args(config.trainer_args) if config.trainer_args is not None else {}
     flags = {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
              "grad_accum": config.grad_accum, "seed": config.seed, "warmup": config.warmup}
-    folder, resume_from = _checkpoint_folder(config)
+    folder, resume_from = _checkpoint_folder(config, reporter)
     args, hyperparameters = training_arguments(folder, flags, file_args, has_eval=has_eval,
                                                loss_only=objective.name != CLASSIFICATION, file=config.trainer_args)
     seed = int(args.seed)

@@ -151,3 +151,19 @@ def test_a_bad_trainer_args_file_exits_2(runner, tmp_path, files, llama):
     assert result.exit_code == 2
     assert f"error: {args}: unknown TrainingArguments field 'num_train_epoch'" in result.stderr
     assert "help: did you mean 'num_train_epochs'?" in result.stderr
+
+
+def test_ctrl_c_names_the_last_checkpoint_and_exits_130(runner, tmp_path, files, monkeypatch):
+    import adaptlang.training.run as run
+
+    def interrupted(config, reporter):
+        reporter.started(10, 0, 1.0)
+        reporter.checkpoint(f"{config.out}/checkpoints/checkpoint-5")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "train", interrupted)
+    spec, data = files
+    result = train(runner, spec, "--model", "tiny-llama", "--data", data, "--out", tmp_path / "o")
+    assert result.exit_code == 130
+    assert (f"interrupted: the last checkpoint is {tmp_path / 'o'}/checkpoints/checkpoint-5; continue with --resume"
+            in result.stderr)

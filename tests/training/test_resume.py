@@ -12,12 +12,15 @@ steps). The same crash also shows that a failed run leaves the previous output b
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from transformers import TrainerCallback
 
 from adaptlang.bundles.bundle import read_bundle
 from adaptlang.errors import UsageError
+from adaptlang.training.progress import Reporter
 from adaptlang.training.run import TrainConfig, train
 from tests.training.support import write_jsonl
 
@@ -32,6 +35,14 @@ task lm = attn
 """
 ROWS = [{"text": t} for t in ("the cat sat on the mat", "the dog ran fast", "a red car on the road",
                               "one two three four", "the sun and the moon", "a big tree")] * 4  # 24 rows
+
+
+class Recorder(Reporter):
+    def __init__(self):
+        self.warnings = []
+
+    def warning(self, text):
+        self.warnings.append(text)
 
 
 class Crash(Exception):
@@ -76,8 +87,14 @@ def test_resume_gives_exactly_the_uninterrupted_deltas(tmp_path, setup):
     with pytest.raises(Crash):
         train(setup(tmp_path / "stopped", callbacks=[CrashAfter(8)]))
     assert not (tmp_path / "stopped" / "lm.safetensors").exists()
-    assert (tmp_path / "stopped" / "checkpoints" / "checkpoint-8").is_dir()
-    resumed = train(setup(tmp_path / "stopped", resume=True))
+    checkpoints = tmp_path / "stopped" / "checkpoints"
+    assert (checkpoints / "checkpoint-8").is_dir()
+    # A run killed while saving checkpoint 10 leaves it without trainer_state.json: resume skips it.
+    shutil.copytree(checkpoints / "checkpoint-8" / "adaptlang", checkpoints / "checkpoint-10" / "adaptlang")
+    reporter = Recorder()
+    resumed = train(setup(tmp_path / "stopped", resume=True), reporter)
+    assert reporter.warnings == [f"skipping {checkpoints / 'checkpoint-10'}: incomplete (the run stopped while "
+                                 "saving it)"]
     assert resumed.record["resumed_from"] == 8 and resumed.record["steps"] == 12
     assert resumed.record["metrics"]["before"] is None  # the "before" of a resumed run is not this process's
     expected, got = tensors(whole.bundle), tensors(resumed.bundle)
@@ -98,7 +115,7 @@ def test_a_failed_run_leaves_the_previous_bundle(tmp_path, setup):
 
 
 def test_checkpoints_in_the_way_and_resuming_another_run_are_refused(tmp_path, setup):
-    with pytest.raises(UsageError, match="--resume: no checkpoint in"):
+    with pytest.raises(UsageError, match="--resume: no complete checkpoint in"):
         train(setup(tmp_path / "out", resume=True))
     with pytest.raises(Crash):
         train(setup(tmp_path / "out", callbacks=[CrashAfter(2)]))
