@@ -56,8 +56,6 @@ class RichReporter:
             self.console.print(Text(f"before training: {_format(metrics)}"))
             return
         for key in sorted(metrics):
-            if key in ("runtime",):
-                continue
             was = f"{self.before[key]:.4f} -> " if self.before and key in self.before else ""
             self.out.print(Text(f"eval {key}: {was}{metrics[key]:.4f}"))
 

@@ -9,7 +9,6 @@ model) and their lengths checked against the model's positions.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,13 +95,11 @@ def _checkpoint_folder(config: Any, reporter: Reporter) -> tuple[Path, str | Non
         for name in incomplete:  # stopped while saving; the next save at that step writes it anew
             reporter.warning(f"skipping {folder / name}: incomplete (the run stopped while saving it)")
         return folder, last
-    if folder.is_dir() and any(folder.iterdir()):
-        if not config.overwrite:
-            raise UsageError(Diagnostic(
-                f"{folder} holds an earlier run's checkpoints", obj=str(folder),
-                hint="pass --resume to continue it, or --overwrite to delete them and start over"))
-        shutil.rmtree(folder)
-    return folder, None
+    if folder.is_dir() and any(folder.iterdir()) and not config.overwrite:
+        raise UsageError(Diagnostic(
+            f"{folder} holds an earlier run's checkpoints", obj=str(folder),
+            hint="pass --resume to continue it, or --overwrite to delete them and start over"))
+    return folder, None  # --overwrite: the run deletes them once every check has passed
 
 
 def _prompt_tokens(plan: dict[str, Any], task: str) -> int:

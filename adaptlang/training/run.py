@@ -25,6 +25,8 @@ and the others wait for it (:func:`~adaptlang.bundles.ranks.on_rank_zero`).
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,10 +132,10 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
             nothing in the model; a task that leaves a new head untrained (1).
     """
     from adaptlang.training.prepare import prepare
-
     from adaptlang.training.quiet import quiet
 
-    reporter = reporter or Reporter()
+    if reporter is None or int(os.environ.get("RANK", "0")) != 0:
+        reporter = Reporter()  # torchrun: rank 0 alone reports (the others would say the same)
     spec = _check_task(config.spec, config.task)
     with quiet():
         run = prepare(config, spec, reporter)
@@ -144,11 +146,11 @@ def _run(config: TrainConfig, run: Any, reporter: Reporter) -> TrainResult:
     """Trains with the prepared pieces, evaluates, writes the bundle."""
     import torch.distributed as dist
 
+    from transformers import PrinterCallback
+
     from adaptlang.bundles.ranks import on_rank_zero
     from adaptlang.training.checkpoints import AdapterTrainer
     from adaptlang.training.progress import ReportCallback, eval_metrics, with_perplexity
-    from transformers import PrinterCallback
-
     from adaptlang.training.record import training_record, write_run_identity
 
     lm = run.objective.name != "classification"
@@ -164,13 +166,17 @@ def _run(config: TrainConfig, run: Any, reporter: Reporter) -> TrainResult:
         return with_perplexity(found) if lm else found
 
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the reporter shows them instead
+    # Every process has looked at OUT/checkpoints (prepare) before rank 0 changes it.
+    trainer.accelerator.wait_for_everyone()
+    if main and run.resume_from is None:
+        if config.overwrite and run.checkpoints.exists():
+            shutil.rmtree(run.checkpoints)  # only now: a run refused earlier leaves them as they were
+        write_run_identity(run.checkpoints, run.identity)
     before = None
     if run.eval is not None and run.resume_from is None:
         before = metrics(trainer.evaluate())
         if main:
             reporter.evaluated("before", before)
-    if main and run.resume_from is None:
-        write_run_identity(run.checkpoints, run.identity)
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=run.resume_from)
     seconds = time.perf_counter() - started

@@ -122,6 +122,10 @@ def test_checkpoints_in_the_way_and_resuming_another_run_are_refused(tmp_path, s
     with pytest.raises(UsageError, match="holds an earlier run's checkpoints") as err:
         train(setup(tmp_path / "out"))
     assert "--resume" in err.value.diagnostics[0].hint and "--overwrite" in err.value.diagnostics[0].hint
+    # --overwrite deletes them only once every check passed: a refused run leaves them.
+    with pytest.raises(UsageError, match="--lr must be more than 0"):
+        train(setup(tmp_path / "out", overwrite=True, lr=-1.0))
+    assert (tmp_path / "out" / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
     with pytest.raises(UsageError, match=r"this run differs from the one in .* \(learning_rate\)") as err:
         train(setup(tmp_path / "out", resume=True, lr=1e-2))
     assert err.value.diagnostics[0].notes == ("learning_rate: was 0.02, now 0.01",)
