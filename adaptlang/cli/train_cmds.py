@@ -129,10 +129,10 @@ def train_command(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer folder (default: the model's)."),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="Truncate rows to this many tokens "
                                              "(default: refuse rows longer than the model takes)."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs [default: 3]."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate [default: 1e-3]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per device and step [default: 32]."),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Batches per optimizer step [default: 1]."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs (default 3)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per device and step (default 32)."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Batches per optimizer step (default 1)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for deltas, new heads, shuffling, splits "
                                        "[default: 0]."),
     warmup: Optional[float] = typer.Option(None, "--warmup", help="Warm-up: steps, or a share of them if < 1 "
