@@ -134,9 +134,9 @@ def train_command(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per device and step (default 32)."),
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Batches per optimizer step (default 1)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for deltas, new heads, shuffling, splits "
-                                       "[default: 0]."),
+                                       "(default 0)."),
     warmup: Optional[float] = typer.Option(None, "--warmup", help="Warm-up: steps, or a share of them if < 1 "
-                                           "[default: 0]."),
+                                           "(default 0)."),
     trainer_args: Optional[Path] = typer.Option(None, "--trainer-args", help="YAML/JSON of TrainingArguments "
                                                 "fields; the flags above win over it."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT/checkpoints."),
