@@ -17,7 +17,7 @@ every machine)::
     max_length       --max-length, or null
     seed             the run's seed
     hyperparameters  every TrainingArguments field set by default, file or flag
-    metrics          {"before": {...}, "after": {...}} evaluation metrics (before: null when resumed)
+    metrics          {"before": {...}, "after": {...}} evaluation metrics (null without evaluation data)
     train_loss       mean training loss of the run
     steps, epochs    optimizer steps and epochs done
     world_size       processes that trained (torchrun)

@@ -17,11 +17,16 @@ from typing import Any
 
 from adaptlang.errors import Diagnostic, UsageError
 
-__all__ = ["RUN_FILE", "check_run_identity", "data_record", "library_versions", "run_identity", "training_record",
-           "write_run_identity"]
+__all__ = ["RUN_FILE", "check_run_identity", "data_record", "library_versions", "read_before", "run_identity",
+           "training_record", "write_before", "write_run_identity"]
 
 #: The run identity file inside the checkpoints folder.
 RUN_FILE = "run.json"
+#: The evaluation before training, kept for a resumed run's record.
+BEFORE_FILE = "before.json"
+
+#: TrainingArguments fields that describe the machine, not the run: a resume on another machine may differ.
+MACHINE = frozenset({"use_cpu", "dataloader_pin_memory", "ddp_backend"})
 
 
 def library_versions() -> dict[str, str]:
@@ -96,16 +101,36 @@ def run_identity(*, plan_sha256: str, task: str, objective: Any, train_sha256: s
         "plan_sha256": plan_sha256, "task": task, "objective": objective.name, "fields": objective.fields,
         "train_sha256": train_sha256, "eval_sha256": eval_sha256, "eval_split": eval_split,
         "labels": list(labels.names) if labels is not None else None, "max_length": max_length,
-        "hyperparameters": _json(hyperparameters),
+        "hyperparameters": _json({k: v for k, v in hyperparameters.items() if k not in MACHINE}),
     }, sort_keys=True, default=str))
 
 
+def _write_json(path: Path, data: Any) -> None:
+    """Writes JSON atomically: a temporary file renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(json.dumps(data, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    temp.replace(path)
+
+
 def write_run_identity(folder: Path, identity: dict[str, Any]) -> None:
-    """Writes ``folder/run.json`` (atomically: a temporary file renamed into place)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    temp = folder / (RUN_FILE + ".tmp")
-    temp.write_text(json.dumps(identity, sort_keys=True, indent=2) + "\n", encoding="utf-8")
-    temp.replace(folder / RUN_FILE)
+    """Writes ``folder/run.json``."""
+    _write_json(folder / RUN_FILE, identity)
+
+
+def write_before(folder: Path, metrics: dict[str, float]) -> None:
+    """Keeps the evaluation before training (``folder/before.json``) for the record of a resumed run."""
+    _write_json(folder / BEFORE_FILE, metrics)
+
+
+def read_before(folder: Path) -> dict[str, float] | None:
+    """The evaluation before training of the run being resumed, or None if it had none (or it is unreadable)."""
+    try:
+        found = json.loads((folder / BEFORE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(found, dict) and all(isinstance(v, (int, float)) for v in found.values())
+    return {str(k): float(v) for k, v in found.items()} if ok else None
 
 
 def check_run_identity(folder: Path, identity: dict[str, Any]) -> None:

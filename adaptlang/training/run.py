@@ -151,7 +151,7 @@ def _run(config: TrainConfig, run: Any, reporter: Reporter) -> TrainResult:
     from adaptlang.bundles.ranks import on_rank_zero
     from adaptlang.training.checkpoints import AdapterTrainer
     from adaptlang.training.progress import ReportCallback, eval_metrics, with_perplexity
-    from adaptlang.training.record import training_record, write_run_identity
+    from adaptlang.training.record import read_before, training_record, write_before, write_run_identity
 
     lm = run.objective.name != "classification"
     trainer = AdapterTrainer(
@@ -176,7 +176,10 @@ def _run(config: TrainConfig, run: Any, reporter: Reporter) -> TrainResult:
     if run.eval is not None and run.resume_from is None:
         before = metrics(trainer.evaluate())
         if main:
+            write_before(run.checkpoints, before)
             reporter.evaluated("before", before)
+    elif run.eval is not None:
+        before = read_before(run.checkpoints)  # the interrupted run's, so the record still shows before -> after
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=run.resume_from)
     seconds = time.perf_counter() - started
