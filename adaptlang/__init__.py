@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from adaptlang.errors import AdaptError, BindError, BundleError, Diagnostic, SpecError, UsageError
+from adaptlang.errors import AdaptError, BindError, BundleError, DataError, Diagnostic, SpecError, UsageError
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdaptError", "BindError", "BundleError", "Diagnostic", "SpecError", "UsageError",
+    "AdaptError", "BindError", "BundleError", "DataError", "Diagnostic", "SpecError", "UsageError",
     "apply", "compile", "handle", "load", "parse", "__version__",
 ]
 

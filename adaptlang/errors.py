@@ -24,6 +24,7 @@ __all__ = [
     "AdaptError",
     "BindError",
     "BundleError",
+    "DataError",
     "Diagnostic",
     "RuntimeApplyError",
     "Span",
@@ -162,6 +163,10 @@ class RuntimeApplyError(AdaptError):
 
 class BundleError(AdaptError):
     """A bundle that cannot be written, read or loaded onto this model."""
+
+
+class DataError(AdaptError):
+    """A training or evaluation data file that cannot be used (empty, a missing field, mixed labels, ...)."""
 
 
 class UsageError(AdaptError):

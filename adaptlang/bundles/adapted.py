@@ -82,7 +82,7 @@ class BundleAdapted(Adapted):
         return tensors
 
     def save(self, folder: str | Path, tasks: Iterable[str] | None = None,
-             dtype: torch.dtype | None = None) -> list[Path]:
+             dtype: torch.dtype | None = None, training: dict[str, Any] | None = None) -> list[Path]:
         """Writes one self-describing bundle per task: ``folder/<task>.safetensors``.
 
         Every file is written to a temporary next to it and renamed into place
@@ -103,13 +103,16 @@ class BundleAdapted(Adapted):
             tasks: Which tasks (default: all, in declaration order).
             dtype: Store floating tensors in this dtype (``torch.bfloat16``
                 halves the files); loading casts back to the model's.
+            training: A training record to store in each bundle's manifest
+                (``adaptc train`` writes one; see
+                :mod:`~adaptlang.bundles.training_record`).
 
         Returns:
             The bundle paths, one per task, in order.
 
         Raises:
             UsageError: An unknown task.
-            BundleError: The folder cannot be written.
+            BundleError: The folder cannot be written; a malformed training record.
         """
         from adaptlang import __version__
 
@@ -126,7 +129,7 @@ class BundleAdapted(Adapted):
             folder = make_folder(folder)
             bundles = [
                 build_bundle(folder / f"{task}.safetensors", task, self.task_plan(task), self.bundle_tensors(task),
-                             self.provenance(task), self._structure, __version__, dtype)
+                             self.provenance(task), self._structure, __version__, dtype, training)
                 for task in names
             ]
             return write_bundles(bundles)
@@ -138,7 +141,7 @@ class BundleAdapted(Adapted):
             where = make_folder(folder)
             return write_bundles([
                 build_bundle(where / f"{task}.safetensors", task, self.task_plan(task), tensors[task],
-                             self.provenance(task), self._structure, __version__, dtype)
+                             self.provenance(task), self._structure, __version__, dtype, training)
                 for task in names])
 
         return on_rank_zero(write, [folder / f"{task}.safetensors" for task in names])

@@ -24,6 +24,7 @@ from adaptlang.bundles.manifest import (
     BUNDLE_FORMAT, MANIFEST_KEY, Provenance, check_manifest_fields, expected_bundle, manifest_json, sha256_text,
     split_key,
 )
+from adaptlang.bundles.training_record import check_training_record
 from adaptlang.errors import AdaptError, BundleError, Diagnostic
 
 __all__ = [
@@ -75,7 +76,7 @@ class Bundle:
 
 def build_bundle(path: Path, task: str, task_plan: dict[str, Any], tensors: dict[str, torch.Tensor],
                  provenance: Provenance, structure: dict[str, str], version: str,
-                 dtype: torch.dtype | None = None) -> Bundle:
+                 dtype: torch.dtype | None = None, training: dict[str, Any] | None = None) -> Bundle:
     """Assembles a bundle: tensors (floating ones cast to ``dtype``) and their manifest.
 
     Args:
@@ -87,6 +88,11 @@ def build_bundle(path: Path, task: str, task_plan: dict[str, Any], tensors: dict
         structure: The base model's modules (``describe_structure``).
         version: The adaptlang version writing it.
         dtype: Store floating tensors in this dtype (e.g. ``torch.bfloat16``); None keeps theirs.
+        training: The manifest's optional ``training`` record
+            (:mod:`~adaptlang.bundles.training_record`), checked here.
+
+    Raises:
+        BundleError: A malformed training record.
     """
     stored = {}
     for key in sorted(tensors):
@@ -107,6 +113,8 @@ def build_bundle(path: Path, task: str, task_plan: dict[str, Any], tensors: dict
         "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
         "tensors": hash_tensors(stored),
     }
+    if training is not None:
+        manifest["training"] = check_training_record(training, str(path), writing=True)
     return Bundle(path, manifest, stored)
 
 
@@ -195,6 +203,8 @@ def _checked_manifest(header: Any) -> dict[str, Any]:
     if manifest["model"].get("fingerprint") != plan.model["fingerprint"]:
         raise BundleError(Diagnostic("the manifest's model fingerprint differs from its task plan's", obj=where))
     _check_spec(where, manifest["spec"])
+    if manifest.get("training") is not None:  # optional: bundles saved outside `adaptc train` have none
+        check_training_record(manifest["training"], where, writing=False)
     if not isinstance(manifest["tensors"], dict):
         raise BundleError(Diagnostic("the manifest's tensor table is malformed", obj=where))
     return manifest

@@ -76,6 +76,8 @@ def describe_manifest(header: SafetensorsHeader, manifest: dict[str, Any]) -> st
     if plan["base"]["quantize"]:
         formats = sorted({q["format"] for q in plan["base"]["quantize"]})
         lines.append(f"  base          {len(plan['base']['quantize'])} weights quantized ({', '.join(formats)})")
+    if manifest.get("training"):
+        lines += ["", "training"] + _training_lines(manifest["training"])
     lines += ["", "deltas"]
     lines += _table([[n, d["kind"], _plural(d["site_count"], "site"), f"{d['params']:,} parameters"]
                      for n, d in plan["deltas"].items()], {2, 3})
@@ -92,6 +94,51 @@ def describe_manifest(header: SafetensorsHeader, manifest: dict[str, Any]) -> st
             lines += ["", f"spec source {file}"]
             lines += [f"  | {line}".rstrip() for line in text.splitlines()]
     return "\n".join(lines) + "\n"
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _data_line(data: dict[str, Any]) -> str:
+    text = f"{data['file']} ({data['rows']:,} rows, {data['used']:,} used"
+    if data.get("split") is not None:
+        text = f"{data['file']} (held out {data['split']:g}: {data['used']:,} rows"
+    for key in ("dropped", "truncated"):
+        if data.get(key):
+            text += f", {data[key]:,} {key}"
+    return text + f") sha256 {data['sha256'][:16]}"
+
+
+def _training_lines(record: dict[str, Any]) -> list[str]:
+    """The manifest's training record (see ``training_record.py``), one fact per line."""
+    model = record["model"]
+    objective = record["objective"] + (" (loss on the completion only)" if record.get("completion_only") else "")
+    lines = [f"  objective     {objective}",
+             f"  model         {model['name']} ({model['kind']}), head {model.get('head') or 'as built'}"]
+    if model.get("new_parameters"):
+        lines.append(f"  new params    {', '.join(model['new_parameters'])}")
+    if record.get("labels") is not None:
+        lines.append("  labels        " + ", ".join(f"{i}={label}" for i, label in enumerate(record["labels"])))
+    lines.append(f"  train data    {_data_line(record['train'])}")
+    if record.get("eval"):
+        lines.append(f"  eval data     {_data_line(record['eval'])}")
+    resumed = f", resumed from step {record['resumed_from']}" if record.get("resumed_from") is not None else ""
+    lines.append(f"  steps         {record['steps']:,} ({_number(record['epochs'])} epochs), seed {record['seed']}, "
+                 f"{record['world_size']} process{'' if record['world_size'] == 1 else 'es'}{resumed}")
+    metrics = record.get("metrics") or {}
+    before, after = metrics.get("before") or {}, metrics.get("after") or {}
+    for key in sorted(set(before) | set(after)):
+        shown = _number(after[key]) if key in after else "-"
+        if key in before:
+            shown = f"{_number(before[key])} -> {shown}"
+        lines.append(f"  eval {key:<9}{shown}")
+    if record.get("train_loss") is not None:
+        lines.append(f"  train loss    {_number(record['train_loss'])}")
+    hyper = record.get("hyperparameters") or {}
+    lines.append("  arguments     " + ", ".join(f"{k}={_number(v)}" for k, v in sorted(hyper.items())))
+    lines.append("  versions      " + ", ".join(f"{k} {v}" for k, v in sorted((record.get("versions") or {}).items())))
+    return lines
 
 
 def _describe_foreign(header: SafetensorsHeader) -> str:

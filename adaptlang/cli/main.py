@@ -5,6 +5,7 @@ Commands live in small modules, each with a ``register(app)`` function:
 * :mod:`adaptlang.cli.compile_cmds` — ``compile``, ``check``;
 * :mod:`adaptlang.cli.fmt_cmd` — ``fmt``;
 * :mod:`adaptlang.cli.model_cmds` — ``match``, ``inspect``, ``presets``, ``schema``;
+* :mod:`adaptlang.cli.train_cmds` — ``train``;
 * :mod:`adaptlang.cli.bundle_cmds` — bundle commands, registered when that
   module exists. It may also hook ``compile --out DIR`` through
   :func:`adaptlang.cli.compile_cmds.set_out_handler`.
@@ -45,6 +46,7 @@ COMMAND_MODULES = (
     "adaptlang.cli.compile_cmds",
     "adaptlang.cli.fmt_cmd",
     "adaptlang.cli.model_cmds",
+    "adaptlang.cli.train_cmds",
 )
 
 #: Optional module that adds bundle commands when present.
