@@ -143,12 +143,12 @@ def predict(config: PredictConfig, progress: Callable[[int, int], None] | None =
                        fields={"text": config.text_field, "prompt": config.prompt_field,
                                "source": config.source_field}, max_length=config.max_length)
     new_tokens, beams = _check_numbers(config, setup.objective)
-    data = read_data(config.data)
-    tasks = row_tasks(data, setup, task=config.task, task_field=config.task_field)
-    texts = row_texts(data, setup, tasks)
     first = next(iter(setup.tasks.values()))
     labels = Labels(first.labels) if first.labels is not None else None
-    with quiet():
+    with quiet():  # datasets' and transformers' own bars and logs (a CSV column's cast, loading weights)
+        data = read_data(config.data)
+        tasks = row_tasks(data, setup, task=config.task, task_field=config.task_field)
+        texts = row_texts(data, setup, tasks)
         pretrained = load_pretrained(config.model, setup.head, labels=labels, tokenizer=config.tokenizer,
                                      seed=first.seed)
         notes = [text for text in pretrained.notes if pretrained.kind == "preset"]

@@ -198,8 +198,8 @@ def row_tasks(data: DataFile, setup: Setup, *, task: str | None = None, task_fie
             if len(known) > 1:
                 hint = ("the data has a 'task' field: pass --task-field task" if "task" in data.fields
                         else "pass --task-field FIELD (a column naming each row's task), or --task TASK")
-                raise UsageError(Diagnostic(f"{len(known)} tasks are loaded ({', '.join(known)}): which rows are "
-                                            "whose is not said", obj="--task-field", hint=hint))
+                raise UsageError(Diagnostic(f"{len(known)} tasks are loaded ({', '.join(known)}): say which task "
+                                            "each row is for", obj="--task-field", hint=hint))
             task = known[0]
         if task not in setup.tasks:
             raise UsageError(Diagnostic(f"--task {task} is not a task of the bundles given", obj="--task",

@@ -98,6 +98,17 @@ def test_the_jsonl_bytes_are_the_same_every_run(tmp_path, classifiers):
     assert len(lines) == 4 and all(list(json.loads(line)) == sorted(json.loads(line)) for line in lines)
 
 
+def test_csv_and_another_text_field_give_the_same_results(tmp_path, classifiers):
+    words = WORDS[:3] + ["42"]  # CSV has no types: a numeral reads as a number, and is text here
+    jsonl = write_jsonl(tmp_path / "words.jsonl", [{"text": w} for w in words])
+    csv = tmp_path / "words.csv"
+    csv.write_text("sentence\n" + "".join(w + "\n" for w in words), encoding="utf-8")
+    base = dict(model=str(minilm()), bundles=[classifiers["sentiment"]])
+    from_jsonl = predict(PredictConfig(data=jsonl, **base)).rows
+    from_csv = predict(PredictConfig(data=csv, text_field="sentence", **base)).rows
+    assert from_csv == from_jsonl and len(from_csv) == 4
+
+
 PROMPTS = ["question one two", "question four five", "the cat", "question one two three four"]
 
 
