@@ -242,3 +242,30 @@ def test_a_prompt_that_would_generate_past_the_positions_is_refused(tmp_path, lm
     with pytest.raises(DataError, match="row 2 of .*: its 5 prompt tokens and --max-new-tokens 60 make 65, "
                                         "more than the model's 64 positions"):
         predict(PredictConfig(model=str(llama_folder), bundles=[lms["lm"]], data=data, max_new_tokens=60))
+
+
+def test_seq2seq_text_is_greedy_generate_of_the_loaded_model(tmp_path, t5_spec, t5_tokenizer):
+    from adaptlang.training.pretrained import load_pretrained
+    from adaptlang.training.run import TrainConfig, train
+
+    pairs = [{"source": "translate the cat", "target": "the dog"}, {"source": "translate red car", "target": "blue car"}]
+    train(TrainConfig(spec=t5_spec, model="tiny-t5", tokenizer=t5_tokenizer, task="translate", out=tmp_path / "out",
+                      data=write_jsonl(tmp_path / "train.jsonl", pairs * 8), epochs=10, lr=5e-2, batch_size=4))
+    bundle = tmp_path / "out" / "translate.safetensors"
+    sources = ["translate the cat", "translate red car", "translate a big red car"]
+    data = write_jsonl(tmp_path / "sources.jsonl", [{"source": s} for s in sources])
+    result = predict(PredictConfig(model="tiny-t5", tokenizer=t5_tokenizer, bundles=[bundle], data=data,
+                                   max_new_tokens=4, batch_size=3))
+    assert any("random weights" in note for note in result.notes)  # a preset: said, not hidden
+    # The reference: the preset rebuilt with the training seed (its random base), the bundle, each row alone.
+    base = load_pretrained("tiny-t5", "seq2seq-lm", tokenizer=t5_tokenizer, seed=0)
+    adapted = adaptlang.load(base.model, bundle)
+    adapted.model.eval()
+    expected = []
+    with torch.no_grad():
+        for source in sources:
+            ids = base.tokenizer(source, return_tensors="pt")["input_ids"]
+            tokens = adapted.model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
+            expected.append(base.tokenizer.decode(tokens[0].tolist(), skip_special_tokens=True))
+    assert [r["text"] for r in result.rows] == expected
+    assert [r["text"] for r in result.rows[:2]] == ["the dog", "blue car"]  # as trained
