@@ -6,6 +6,7 @@ Commands live in small modules, each with a ``register(app)`` function:
 * :mod:`adaptlang.cli.fmt_cmd` — ``fmt``;
 * :mod:`adaptlang.cli.model_cmds` — ``match``, ``inspect``, ``presets``, ``schema``;
 * :mod:`adaptlang.cli.train_cmds` — ``train``;
+* :mod:`adaptlang.cli.predict_cmd` — ``predict``;
 * :mod:`adaptlang.cli.bundle_cmds` — bundle commands, registered when that
   module exists. It may also hook ``compile --out DIR`` through
   :func:`adaptlang.cli.compile_cmds.set_out_handler`.
@@ -47,6 +48,7 @@ COMMAND_MODULES = (
     "adaptlang.cli.fmt_cmd",
     "adaptlang.cli.model_cmds",
     "adaptlang.cli.train_cmds",
+    "adaptlang.cli.predict_cmd",
 )
 
 #: Optional module that adds bundle commands when present.
