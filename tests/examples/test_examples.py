@@ -30,7 +30,8 @@ def run_example(name: str, *args: str, cwd: Path) -> str:
 
 def test_every_example_is_covered():
     # vader_data.py has its own file: tests/examples/test_vader_data.py.
-    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == ["stack_tasks.py", "switch_tasks.py",
+    # check_reload.py: tests/examples/test_demo.py (make demo's steps).
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == ["check_reload.py", "stack_tasks.py", "switch_tasks.py",
                                                              "train_fsdp.py", "train_one_task.py",
                                                              "vader_data.py"]
 
