@@ -161,7 +161,7 @@ def label_set(parts: list[tuple[DataFile, Any]], label: str, num_labels: int | N
         DataError: A label that is neither text nor an integer, text and
             integer labels mixed (naming the first row that differs), or an
             evaluation label the training data lacks; a label outside
-            ``--num-labels``' range.
+            ``--num-labels``' range; training data with one class only.
         UsageError: ``--num-labels`` that does not fit the labels.
     """
     first: tuple[Any, str, Any] | None = None  # (file, row, value) that fixed the kind
@@ -191,9 +191,17 @@ def label_set(parts: list[tuple[DataFile, Any]], label: str, num_labels: int | N
                     notes=("training labels: " + ", ".join(map(repr, sorted(seen))),)))
     names = tuple(sorted(seen))
     if num_labels is None:
+        if len(names) < 2:
+            # A one-output head is what transformers trains as regression (MSE on id 0): the run would
+            # "converge" at once and every prediction would be that class with probability 1.
+            raise DataError(Diagnostic(
+                f"the training data {train_file.path} has {len(names)} class ({', '.join(map(repr, names))}): "
+                "classification needs at least 2", obj=str(train_file.path),
+                hint="add rows of the other classes (or, with integer class ids, pass --num-labels)"))
         return Labels(names)
-    if num_labels < 1:
-        raise UsageError(Diagnostic(f"--num-labels must be at least 1, not {num_labels}", obj="--num-labels"))
+    if num_labels < 2:
+        raise UsageError(Diagnostic(f"--num-labels must be at least 2, not {num_labels}", obj="--num-labels",
+                                    hint="classification tells 2 or more classes apart"))
     if first is not None and _kind(first[2]) == "integer":
         outside = [v for v in names if not 0 <= v < num_labels]
         if outside:

@@ -116,8 +116,9 @@ def read_setup(bundles: list[Path], *, head: str | None = None, num_labels: int 
     if head is not None and head not in HEADS:
         raise UsageError(Diagnostic(f"unknown head '{head}'", obj="--head",
                                     hint=did_you_mean(head, HEADS) or "heads: " + ", ".join(HEADS)))
-    if num_labels is not None and num_labels < 1:
-        raise UsageError(Diagnostic(f"--num-labels must be at least 1, not {num_labels}", obj="--num-labels"))
+    if num_labels is not None and num_labels < 2:  # one output: its softmax is 1 whatever the row
+        raise UsageError(Diagnostic(f"--num-labels must be at least 2, not {num_labels}", obj="--num-labels",
+                                    hint="classification tells 2 or more classes apart"))
     objectives = {h: o for o, h in HEAD_OF.items()}
     tasks: dict[str, TaskInfo] = {}
     heads: dict[str, Path] = {}

@@ -84,3 +84,17 @@ def test_num_labels(tmp_path):
     assert label_set([(text, text.dataset)], "label", num_labels=2).names == ("a", "b")
     with pytest.raises(UsageError, match="--num-labels 3 but the training data has 2 text labels"):
         label_set([(text, text.dataset)], "label", num_labels=3)
+
+
+def test_a_single_class_is_refused(tmp_path):
+    # One class would build a one-output head, which transformers trains as regression (MSE on the class id 0):
+    # the run "succeeds" with a near-zero loss and every prediction is that class with probability 1.
+    one = data(tmp_path, [{"label": "pos"}, {"label": "pos"}])
+    with pytest.raises(DataError, match=r"1 class \('pos'\): classification needs at least 2") as err:
+        label_set([(one, one.dataset)], "label")
+    assert err.value.diagnostics[0].obj == str(one.path)
+    ints = data(tmp_path, [{"label": 0}, {"label": 0}], "i.jsonl")
+    with pytest.raises(UsageError, match="--num-labels must be at least 2, not 1"):
+        label_set([(ints, ints.dataset)], "label", num_labels=1)
+    # --num-labels 2 with integer ids names the absent class: two outputs, a real classifier.
+    assert label_set([(ints, ints.dataset)], "label", num_labels=2).names == (0, 1)

@@ -269,3 +269,11 @@ def test_seq2seq_text_is_greedy_generate_of_the_loaded_model(tmp_path, t5_spec, 
             expected.append(base.tokenizer.decode(tokens[0].tolist(), skip_special_tokens=True))
     assert [r["text"] for r in result.rows] == expected
     assert [r["text"] for r in result.rows[:2]] == ["the dog", "blue car"]  # as trained
+
+
+def test_one_class_is_refused_for_a_bundle_without_record(tmp_path):
+    # A one-output head's softmax is 1.0 whatever the logits: every row would get the one label, score 1.
+    from adaptlang.training.predict_setup import read_setup
+
+    with pytest.raises(UsageError, match="--num-labels must be at least 2, not 1"):
+        read_setup([tmp_path / "any.safetensors"], head="sequence-classification", num_labels=1)
