@@ -82,6 +82,14 @@ def load_checkpoint(adapted: Any, task: str, checkpoint: str | Path) -> None:
     adapted.load_adapter_state_dict({key: bundle.tensors[key] for key in wanted}, task)
 
 
+def _uses_loss_function(model: Any) -> bool:
+    """Whether ``model.forward`` computes its loss with ``self.loss_function`` (which honours ``num_items_in_batch``)."""
+    import inspect
+
+    forward = inspect.unwrap(type(model).forward)
+    return "loss_function" in getattr(getattr(forward, "__code__", None), "co_names", ())
+
+
 class AdapterTrainer(Trainer):
     """A ``Trainer`` whose checkpoints hold the task's bundle instead of the model's weights.
 
@@ -96,6 +104,12 @@ class AdapterTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.adapted = adapted
         self.task = task
+        # The Trainer leaves each micro-batch's loss undivided by --grad-accum when forward takes **kwargs,
+        # trusting the model to divide by num_items_in_batch. Heads that average their own loss (BERT's
+        # classifier, T5) take **kwargs and ignore it (transformers #47688): loss and gradient would grow
+        # with --grad-accum. Only a forward calling transformers' `self.loss_function` uses the count.
+        if self.model_accepts_loss_kwargs and not _uses_loss_function(self.accelerator.unwrap_model(self.model)):
+            self.model_accepts_loss_kwargs = False
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Writes the task's bundle (the ``Trainer`` calls this for checkpoints), on the writer process only."""
