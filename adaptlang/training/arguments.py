@@ -8,8 +8,10 @@ the user said, so it wins; a file shared between runs sets the rest.
 
 A few fields belong to adaptlang and are refused in the file: where
 checkpoints go (``--out``), how columns reach the model, the progress
-display (adaptc draws its own), and the sharding engines (FSDP, DeepSpeed),
-whose checkpoints ``adaptc train`` does not store as adapter-only files.
+display (adaptc draws its own), the sharding engines (FSDP, DeepSpeed),
+whose checkpoints ``adaptc train`` does not store as adapter-only files, and
+uploads to the hub (``push_to_hub``, ``hub_*``). The file's hyperparameters get
+the flags' range checks, and ``report_to`` may name installed integrations only.
 """
 
 from __future__ import annotations
@@ -54,7 +56,16 @@ OWNED = {
     "deepspeed": "adaptc train stores adapter-only checkpoints, which DeepSpeed's checkpointing does not write",
     "resume_from_checkpoint": "pass --resume",
     "overwrite_output_dir": "pass --overwrite",
+    **{key: "adaptc train writes its bundle to --out and uploads nothing (the Trainer would push whole "
+            "checkpoints); upload the bundle yourself"
+       for key in ("push_to_hub", "hub_token", "hub_private_repo", "hub_model_id", "hub_strategy", "hub_always_push",
+                   "hub_revision")},
 }
+
+#: Range rules of the hyperparameter flags: flag -> (test, what it wants). The file's fields get them too.
+RULES = {"epochs": (lambda v: v > 0, "more than 0"), "lr": (lambda v: v > 0, "more than 0"),
+         "batch_size": (lambda v: v >= 1, "at least 1"), "grad_accum": (lambda v: v >= 1, "at least 1"),
+         "seed": (lambda v: v >= 0, "0 or more"), "warmup": (lambda v: v >= 0, "0 or more")}
 
 
 def read_trainer_args(path: str | Path) -> dict[str, Any]:
@@ -95,18 +106,35 @@ def read_trainer_args(path: str | Path) -> dict[str, Any]:
     return dict(loaded)
 
 
-def _check_flags(flags: dict[str, Any]) -> None:
-    """Range checks for the hyperparameter flags (typer checks their types)."""
-    rules = {"epochs": (lambda v: v > 0, "more than 0"), "lr": (lambda v: v > 0, "more than 0"),
-             "batch_size": (lambda v: v >= 1, "at least 1"), "grad_accum": (lambda v: v >= 1, "at least 1"),
-             "seed": (lambda v: v >= 0, "0 or more"), "warmup": (lambda v: v >= 0, "0 or more")}
-    for name, value in flags.items():
-        if value is None:
-            continue
-        ok, want = rules[name]
+def _check_ranges(flags: dict[str, Any], merged: dict[str, Any], file: str | Path | None) -> None:
+    """Range checks (:data:`RULES`) for the hyperparameters, as flags or as the file's fields.
+
+    A value out of range from the file would otherwise reach torch (a negative learning rate is a
+    ``ValueError`` deep in the optimizer).
+    """
+    for name, (ok, want) in RULES.items():
+        given = flags.get(name) is not None
+        value = flags[name] if given else merged.get(FLAGS[name])
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue  # TrainingArguments checks the types of the file's values
         if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
-            raise UsageError(Diagnostic(f"--{name.replace('_', '-')} must be {want}, not {value}",
-                                        obj=f"--{name.replace('_', '-')}"))
+            flag = f"--{name.replace('_', '-')}"
+            raise UsageError(Diagnostic(f"{flag if given else FLAGS[name]} must be {want}, not {value}",
+                                        obj=flag if given else str(file or "--trainer-args")))
+
+
+def _report_to(value: Any, file: str | Path | None) -> Any:
+    """``report_to`` as given, after checking each integration named is installed (the Trainer fails late)."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    names = [value] if isinstance(value, str) else list(value or [])
+    available = get_available_reporting_integrations()
+    for name in names:
+        if name not in ("none", "all") and name not in available:
+            raise UsageError(Diagnostic(
+                f"report_to '{name}': not installed", obj=str(file or "--trainer-args"),
+                hint="installed integrations: " + (", ".join(available) or "none") + "; or leave report_to out"))
+    return value
 
 
 def _has_gpu() -> bool:
@@ -133,15 +161,16 @@ def training_arguments(output_dir: Path, flags: dict[str, Any], file_args: dict[
         given by default, file or flag, as used.
 
     Raises:
-        UsageError: A flag out of range, evaluation asked for without
-            evaluation data, or values ``TrainingArguments`` refuses.
+        UsageError: A flag (or the file's field) out of range, evaluation
+            asked for without evaluation data, a ``report_to`` integration
+            not installed, or values ``TrainingArguments`` refuses.
     """
     from transformers import TrainingArguments
 
-    _check_flags(flags)
     merged: dict[str, Any] = dict(DEFAULTS)
     merged["eval_strategy"] = "epoch" if has_eval else "no"
     merged.update(file_args)
+    _check_ranges(flags, merged, file)
     merged.update({FLAGS[name]: value for name, value in flags.items() if value is not None})
     merged.setdefault("data_seed", merged["seed"])
     gpu = _has_gpu()
@@ -159,7 +188,7 @@ def training_arguments(output_dir: Path, flags: dict[str, Any], file_args: dict[
     if has_eval and merged.get("load_best_model_at_end") and not merged.get("metric_for_best_model"):
         merged["metric_for_best_model"] = "loss"
     fixed = {"output_dir": str(output_dir), "remove_unused_columns": False, "disable_tqdm": True,
-             "report_to": merged.pop("report_to", "none"), "prediction_loss_only": loss_only or
+             "report_to": _report_to(merged.pop("report_to", "none"), file), "prediction_loss_only": loss_only or
              merged.pop("prediction_loss_only", False)}
     try:
         args = TrainingArguments(**merged, **fixed)

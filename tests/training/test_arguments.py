@@ -77,3 +77,40 @@ def test_flag_ranges_and_evaluation_without_data(tmp_path):
     with pytest.raises(UsageError, match="eval_strategy 'steps' without evaluation data"):
         build(tmp_path, file_args={"eval_strategy": "steps"}, has_eval=False)
     assert str(build(tmp_path, has_eval=False)[0].eval_strategy.value) == "no"
+
+
+@pytest.mark.parametrize("text, field", [("push_to_hub: true\n", "push_to_hub"), ("hub_model_id: me/x\n", "hub_model_id"),
+                                         ("hub_token: secret\n", "hub_token"), ("hub_strategy: end\n", "hub_strategy")])
+def test_uploading_to_the_hub_is_refused(tmp_path, field, text):
+    # push_to_hub would upload every checkpoint (the whole model, not the bundle) from a training run.
+    path = tmp_path / "args.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UsageError, match=f"'{field}' is set by adaptc train") as err:
+        read_trainer_args(path)
+    assert "uploads nothing" in err.value.diagnostics[0].hint
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"learning_rate": -1}, "learning_rate must be more than 0, not -1"),
+    ({"learning_rate": float("nan")}, "learning_rate must be more than 0, not nan"),
+    ({"num_train_epochs": 0}, "num_train_epochs must be more than 0, not 0"),
+    ({"per_device_train_batch_size": 0}, "per_device_train_batch_size must be at least 1, not 0"),
+    ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps must be at least 1, not 0"),
+    ({"warmup_steps": -2}, "warmup_steps must be 0 or more, not -2"),
+])
+def test_the_file_gets_the_flags_range_checks(tmp_path, values, message):
+    # Before, a negative or NaN learning rate from the file reached torch's optimizer: an internal error (exit 3).
+    with pytest.raises(UsageError, match=message) as err:
+        training_arguments(tmp_path, NO_FLAGS, values, has_eval=False, loss_only=False, file="args.yaml")
+    assert err.value.diagnostics[0].obj == "args.yaml"
+
+
+def test_report_to_an_integration_that_is_not_installed_is_refused(tmp_path):
+    from transformers.integrations import get_available_reporting_integrations
+
+    assert "wandb" not in get_available_reporting_integrations()  # the pinned environment has none
+    with pytest.raises(UsageError, match="report_to 'wandb': not installed") as err:
+        training_arguments(tmp_path, NO_FLAGS, {"report_to": ["wandb"]}, has_eval=False, loss_only=False,
+                           file="args.yaml")
+    assert err.value.diagnostics[0].obj == "args.yaml"
+    assert build(tmp_path, file_args={"report_to": "all"})[0].report_to in ([], "none", ["none"])
