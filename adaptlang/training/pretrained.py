@@ -160,7 +160,10 @@ def _directory(path: Path, head: str, labels: Labels | None, name: str, kind: st
     cls = head_class(head, config, str(path))
     extra: dict[str, Any] = {}
     if labels is not None:
-        extra = {"num_labels": len(labels.names), "id2label": labels.id2label, "label2id": labels.label2id}
+        # problem_type picks the loss: a config's "regression" or "multi_label_classification" would apply MSE
+        # or BCE to class ids; adaptc trains one class per row.
+        extra = {"num_labels": len(labels.names), "id2label": labels.id2label, "label2id": labels.label2id,
+                 "problem_type": "single_label_classification"}
     try:
         model, info = cls.from_pretrained(
             str(path), local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=torch.float32,

@@ -116,3 +116,21 @@ def test_a_factory_model_with_a_tokenizer_folder(llama_folder):
     loaded = load_pretrained(ref, "causal-lm", tokenizer=llama_folder)
     assert (loaded.kind, loaded.name, loaded.new_parameters) == ("factory", ref, ())
     assert type(loaded.model).__name__ == "LlamaForCausalLM" and loaded.model.training
+
+
+@pytest.mark.parametrize("problem", ["regression", "multi_label_classification"])
+def test_classification_trains_single_label_whatever_the_config_says(tmp_path, problem):
+    # A config's problem_type picks the loss (MSE, BCE): with class ids as labels, training failed deep in torch.
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for item in minilm().iterdir():
+        if item.name != "config.json":
+            (folder / item.name).symlink_to(item)
+    config = json.loads((minilm() / "config.json").read_text(encoding="utf-8"))
+    (folder / "config.json").write_text(json.dumps({**config, "problem_type": problem}), encoding="utf-8")
+    loaded = load_pretrained(str(folder), "sequence-classification", labels=Labels(("neg", "pos")), seed=0)
+    assert loaded.model.config.problem_type == "single_label_classification"
+    batch = loaded.tokenizer(["good", "bad"], return_tensors="pt", padding=True)
+    out = loaded.model.eval()(**batch, labels=torch.tensor([1, 0]))
+    # The loss is cross-entropy over the two logits (torch's definition).
+    assert out.loss.item() == pytest.approx(torch.nn.functional.cross_entropy(out.logits, torch.tensor([1, 0])).item())
