@@ -137,6 +137,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     if reporter is None or int(os.environ.get("RANK", "0")) != 0:
         reporter = Reporter()  # torchrun: rank 0 alone reports (the others would say the same)
     spec = _check_task(config.spec, config.task)
+    if Path(config.out).exists() and not Path(config.out).is_dir():
+        raise UsageError(Diagnostic(f"--out {config.out} is a file, not a folder", obj=str(config.out),
+                                    hint="--out names the folder for <task>.safetensors and checkpoints/"))
     with quiet():
         run = prepare(config, spec, reporter)
         return _run(config, run, reporter)

@@ -167,3 +167,13 @@ def test_ctrl_c_names_the_last_checkpoint_and_exits_130(runner, tmp_path, files,
     assert result.exit_code == 130
     assert (f"interrupted: the last checkpoint is {tmp_path / 'o'}/checkpoints/checkpoint-5; continue with --resume"
             in result.stderr)
+
+
+def test_out_naming_a_file_exits_2_before_the_model_loads(runner, tmp_path, files, llama):
+    spec, data = files
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder", encoding="utf-8")
+    result = train(runner, spec, "--model", llama, "--data", data, "--out", taken)
+    assert result.exit_code == 2, result.stderr  # was 3: NotADirectoryError creating taken/checkpoints
+    assert f"--out {taken} is a file, not a folder" in result.stderr
+    assert taken.read_text(encoding="utf-8") == "not a folder"
