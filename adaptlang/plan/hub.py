@@ -121,7 +121,8 @@ def local_model_dir(ref: str, *, weights: bool = False) -> Path | None:
     Raises:
         UsageError: ``ref`` looks like a hub id but cannot be fetched (offline
             with no cached copy, hub unreachable and nothing cached, unknown
-            repository or revision, no ``config.json``).
+            repository or revision, no ``config.json``); a revision that is
+            no ref name (``..``); a cached copy that points outside the cache.
         NoSafeWeightsError: ``weights=True`` and the repository (or, offline,
             the cached copy) has no ``*.safetensors`` weights.
     """
@@ -130,12 +131,33 @@ def local_model_dir(ref: str, *, weights: bool = False) -> Path | None:
     if parsed is None or Path(ref).expanduser().exists():
         return None
     repo_id, revision = parsed
+    if revision is not None and not _valid_revision(revision):
+        raise UsageError(Diagnostic(f"revision '{revision}' is not a branch, tag or commit name", obj=ref,
+                                    hint="a revision has no '..', no empty part and no part starting with '.'"))
     folder = _fetch(ref, repo_id, revision, weights)
+    snapshots = hub_cache_dir() / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+    if folder.resolve().parent != snapshots.resolve():  # a ref file naming a folder elsewhere
+        raise _outside(ref, repo_id, str(folder.resolve()))
     if not (folder / "config.json").is_file():
         raise _missing(ref, repo_id, f"{folder} has no config.json", None)
     if weights:
         _check_weights(ref, repo_id, folder)
     return folder
+
+
+def _valid_revision(revision: str) -> bool:
+    """Git's rules for ref names, the part that keeps a revision a name (huggingface_hub joins it onto paths)."""
+    parts = revision.split("/")
+    return all(part and not part.startswith(".") and not part.endswith(".lock") for part in parts) \
+        and ".." not in revision
+
+
+def _outside(ref: str, repo_id: str, where: str) -> UsageError:
+    """The error for a cached copy whose ref names a snapshot folder outside the cache (``where``)."""
+    return UsageError(Diagnostic(
+        f"the cached copy of the hub model '{repo_id}' points outside the hub cache ({where})", obj=ref,
+        hint=f"the cache {hub_cache_dir()} is damaged or tampered with: delete its models--"
+             f"{repo_id.replace('/', '--')} folder and fetch the model again"))
 
 
 def _fetch(ref: str, repo_id: str, revision: str | None, weights: bool) -> Path:
@@ -165,6 +187,8 @@ def _fetch(ref: str, repo_id: str, revision: str | None, weights: bool) -> Path:
         return fetch(True)
     except LocalEntryNotFoundError:
         raise _missing(ref, repo_id, unreachable, revision) from None
+    except ValueError as exc:  # huggingface_hub's own guard: a ref file naming a folder outside the cache
+        raise _outside(ref, repo_id, f"huggingface_hub: {str(exc).splitlines()[0]}") from None
 
 
 def _probe(ref: str, repo_id: str, revision: str | None, endpoint: str | None) -> str | None:

@@ -171,6 +171,25 @@ def test_revisions(hub_cache) -> None:
         local_model_dir("org/name@v2")
 
 
+@pytest.mark.parametrize("weights", [False, True])
+def test_a_revision_that_climbs_out_of_the_cache_is_refused(hub_cache, tmp_path, weights) -> None:
+    # huggingface_hub reads refs/<revision>: "../../x" reads <cache>/x, whose content then names the
+    # snapshot folder. Before, the weights path loaded a model from outside the cache (and the config
+    # path was an internal error).
+    hub_cache.add("org/name", {"config.json": tiny(), "model.safetensors": b"x"})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "config.json").write_text(tiny(num_hidden_layers=3))
+    (outside / "model.safetensors").write_bytes(b"x")
+    (hub_cache.root / "x").write_text("../../../outside")
+    with pytest.raises(UsageError, match=r"revision '\.\./\.\./x' is not a branch, tag or commit name"):
+        local_model_dir("org/name@../../x", weights=weights)
+    # A cache whose ref file itself points outside: refused too.
+    (hub_cache.repo_folder("org/name") / "refs" / "main").write_text("../../../outside")
+    with pytest.raises(UsageError, match="outside the hub cache"):
+        local_model_dir("org/name", weights=weights)
+
+
 def test_a_changed_repo_is_not_served_from_a_stale_signature(hub_cache) -> None:
     hub_cache.add("org/name", {"config.json": tiny(num_hidden_layers=1)})
     first = adaptlang.compile(SPEC, "org/name")
