@@ -133,6 +133,9 @@ def prepare(config: Any, spec: Any, reporter: Reporter) -> Prepared:
                                     hint="evaluate on a file, or on a share of the training data, not both"))
     train_file = read_data(config.data)
     eval_file = read_data(config.eval_data) if config.eval_data is not None else None
+    if eval_file is not None and eval_file.sha256 == train_file.sha256:
+        reporter.warning(f"the evaluation data {eval_file.path} holds the same bytes as the training data: "
+                         "its metrics measure fit to the training rows, not held-out performance")
     objective, head = _objective(config, train_file)
     train_rows, train_dropped = _rows(train_file, objective)
     eval_rows, eval_dropped = _rows(eval_file, objective) if eval_file is not None else (None, 0)

@@ -177,3 +177,15 @@ def test_out_naming_a_file_exits_2_before_the_model_loads(runner, tmp_path, file
     assert result.exit_code == 2, result.stderr  # was 3: NotADirectoryError creating taken/checkpoints
     assert f"--out {taken} is a file, not a folder" in result.stderr
     assert taken.read_text(encoding="utf-8") == "not a folder"
+
+
+def test_evaluating_on_the_training_data_is_flagged(runner, tmp_path, files, llama):
+    # Same bytes under another name: the "eval" numbers would measure fit, not held-out performance.
+    spec, data = files
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(data.read_bytes())
+    result = train(runner, spec, "--model", llama, "--data", data, "--eval", copy, "--out", tmp_path / "o",
+                   "--epochs", "1")
+    assert result.exit_code == 0, result.stderr
+    assert f"warning: the evaluation data {copy} holds the same bytes as the training data" in \
+        " ".join(result.stderr.split())
