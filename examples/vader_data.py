@@ -137,6 +137,9 @@ def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
     """Writes the rows through a temporary file, so a failed write leaves the old file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a data file is as readable as any other the user writes
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             for row in rows:

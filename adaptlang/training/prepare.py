@@ -162,6 +162,7 @@ def prepare(config: Any, spec: Any, reporter: Reporter) -> Prepared:
     pretrained = load_pretrained(config.model, head, labels=labels, tokenizer=config.tokenizer, seed=seed)
     for text in pretrained.notes:
         (reporter.warning if pretrained.kind == "preset" else reporter.note)(text)
+    labels = pretrained.labels  # a trained head's own label order, when it has one (see checkpoint_label_order)
     adapted = adaptlang.apply(pretrained.model, spec, task=config.task, seed=seed, tokenizer=pretrained.tokenizer)
     plan = adapted.plan.to_dict()
     check_new_trained(plan, config.task, pretrained.new_parameters, pretrained.name)

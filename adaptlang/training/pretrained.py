@@ -49,6 +49,9 @@ class Pretrained:
         new_parameters: Parameter names ``from_pretrained`` initialised at
             random (missing from the checkpoint, or of another shape there).
         notes: Things the user should hear (random weights, a new head).
+        labels: The classification labels in the order the model's head
+            uses: the data's sorted order, or the checkpoint's own when its
+            head was trained on the same label names in another order.
     """
 
     model: nn.Module
@@ -57,6 +60,7 @@ class Pretrained:
     kind: str
     new_parameters: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
+    labels: Labels | None = None
 
 
 def load_pretrained(ref: str, head: str, *, labels: Labels | None = None, tokenizer: str | Path | None = None,
@@ -108,7 +112,7 @@ def load_pretrained(ref: str, head: str, *, labels: Labels | None = None, tokeni
     model = loaded["model"]
     _fit_tokenizer(model, tok, ref)
     return Pretrained(model, tok, loaded["name"], loaded["kind"], tuple(sorted(loaded.get("new", ()))),
-                      loaded.get("notes", []))
+                      loaded.get("notes", []), loaded.get("labels", labels))
 
 
 def _preset(ref: str, head: str, labels: Labels | None) -> dict[str, Any]:
@@ -159,7 +163,9 @@ def _directory(path: Path, head: str, labels: Labels | None, name: str, kind: st
         raise UsageError(Diagnostic(f"cannot build a config from {config_file}: {exc}", obj=str(config_file))) from None
     cls = head_class(head, config, str(path))
     extra: dict[str, Any] = {}
+    notes = []
     if labels is not None:
+        labels = checkpoint_label_order(config, labels, name, notes)
         # problem_type picks the loss: a config's "regression" or "multi_label_classification" would apply MSE
         # or BCE to class ids; adaptc trains one class per row.
         extra = {"num_labels": len(labels.names), "id2label": labels.id2label, "label2id": labels.label2id,
@@ -174,11 +180,42 @@ def _directory(path: Path, head: str, labels: Labels | None, name: str, kind: st
     params = dict(model.named_parameters(remove_duplicate=False))
     new = {k for k in info.get("missing_keys", ()) if k in params}
     new |= {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())} & set(params)
-    notes = []
     if new:
         notes.append(f"{cls.__name__} on {name}: {len(new)} new parameters, not in the checkpoint "
                      f"(random, trained by this task): {', '.join(sorted(new))}")
-    return {"model": model.train(), "name": name, "kind": kind, "new": new, "notes": notes, "folder": path}
+    return {"model": model.train(), "name": name, "kind": kind, "new": new, "notes": notes, "folder": path,
+            "labels": labels}
+
+
+def checkpoint_label_order(config: Any, labels: Labels, name: str, notes: list[str]) -> Labels:
+    """Returns ``labels`` in the order of a checkpoint's trained head when it names the same labels.
+
+    A checkpoint fine-tuned for classification keeps its label names in
+    ``config.id2label`` (``transformers``' default names ``LABEL_0``, ... mean
+    no names). Row ``i`` of its classifier scores ``id2label[i]``; mapping the
+    data's labels to ids in sorted order instead would make the loaded head
+    score each class as another (a silent swap, worst for a task that does
+    not re-train the head). Same names in another order: the checkpoint's
+    order is taken. Other names on a head of the same size: its rows are
+    re-used for the data's labels in sorted order, and a note says so.
+    """
+    names = [str(v) for v in (getattr(config, "id2label", None) or {}).values()]
+    ids = sorted((getattr(config, "id2label", None) or {}).items())
+    if not ids or all(str(v) == f"LABEL_{k}" for k, v in ids):
+        return labels  # no names: a new or unnamed head
+    names = [str(v) for _, v in ids]
+    ours = [str(n) for n in labels.names]
+    if names == ours:
+        return labels
+    if sorted(names) == sorted(ours):
+        by_text = {str(n): n for n in labels.names}
+        notes.append(f"{name}'s classifier was trained with the labels in the order {names}; "
+                     "that order is kept, so each row of the head scores the label it was trained for")
+        return Labels(tuple(by_text[n] for n in names))
+    if len(names) == len(ours):
+        notes.append(f"{name}'s classifier was trained for the labels {names}, not the data's {ours}: "
+                     "its rows are re-used for the data's labels in sorted order")
+    return labels
 
 
 def _factory(ref: str) -> dict[str, Any]:

@@ -134,3 +134,56 @@ def test_classification_trains_single_label_whatever_the_config_says(tmp_path, p
     out = loaded.model.eval()(**batch, labels=torch.tensor([1, 0]))
     # The loss is cross-entropy over the two logits (torch's definition).
     assert out.loss.item() == pytest.approx(torch.nn.functional.cross_entropy(out.logits, torch.tensor([1, 0])).item())
+
+
+def classifier_folder(folder, id2label):
+    """A seeded tiny Llama classifier saved as if fine-tuned for ``id2label`` (its head is in the checkpoint)."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from tests.training.support import tokenizer_folder
+
+    torch.manual_seed(3)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+                         num_labels=len(id2label), id2label=dict(enumerate(id2label)),
+                         label2id={n: i for i, n in enumerate(id2label)})
+    model = LlamaForSequenceClassification(config)
+    model.save_pretrained(str(folder))
+    tokenizer_folder(folder)
+    return model.score.weight.detach().clone()
+
+
+def test_a_trained_head_keeps_its_own_label_order(tmp_path):
+    # The checkpoint's head scores "pos" in row 0; the data's sorted order would call row 0 "neg": a silent swap.
+    saved = classifier_folder(tmp_path / "clf", ["pos", "neg"])
+    loaded = load_pretrained(str(tmp_path / "clf"), "sequence-classification", labels=Labels(("neg", "pos")))
+    assert loaded.labels == Labels(("pos", "neg"))
+    assert loaded.model.config.id2label == {0: "pos", 1: "neg"}
+    assert "score.weight" not in loaded.new_parameters
+    assert torch.equal(loaded.model.score.weight, saved)  # the trained rows, in their own order
+    assert any("order ['pos', 'neg']" in note for note in loaded.notes)
+
+
+def test_a_trained_head_for_other_labels_is_reused_in_sorted_order_with_a_note(tmp_path):
+    classifier_folder(tmp_path / "clf", ["anger", "joy"])
+    loaded = load_pretrained(str(tmp_path / "clf"), "sequence-classification", labels=Labels(("neg", "pos")))
+    assert loaded.labels == Labels(("neg", "pos"))
+    assert loaded.model.config.id2label == {0: "neg", 1: "pos"}
+    assert any("not the data's ['neg', 'pos']" in note for note in loaded.notes)
+
+
+def test_training_maps_labels_to_a_trained_heads_rows(tmp_path):
+    from adaptlang.training.run import TrainConfig, train
+    from tests.training.support import write_jsonl
+
+    classifier_folder(tmp_path / "clf", ["pos", "neg"])
+    spec = tmp_path / "clf.adapt"
+    spec.write_text("adaptlang 1\n\nlora attn {\n    on layers[*].self_attn.{q_proj, v_proj}\n    rank 2\n}\n\n"
+                    "task clf = attn\n", encoding="utf-8")
+    rows = [{"text": w, "label": lab} for w, lab in (("good", "pos"), ("bad", "neg"), ("happy", "pos"),
+                                                    ("sad", "neg"))]
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    result = train(TrainConfig(spec=spec, model=str(tmp_path / "clf"), data=data, task="clf", out=tmp_path / "out",
+                               epochs=1, batch_size=4))
+    # The record (which predict reads) names the head's rows in the checkpoint's order.
+    assert result.record["labels"] == ["pos", "neg"]
