@@ -29,8 +29,10 @@ def run_example(name: str, *args: str, cwd: Path) -> str:
 
 
 def test_every_example_is_covered():
+    # vader_data.py has its own file: tests/examples/test_vader_data.py.
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == ["stack_tasks.py", "switch_tasks.py",
-                                                             "train_fsdp.py", "train_one_task.py"]
+                                                             "train_fsdp.py", "train_one_task.py",
+                                                             "vader_data.py"]
 
 
 def test_train_one_task(tmp_path):
