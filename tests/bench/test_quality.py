@@ -76,3 +76,12 @@ def test_unknown_method_is_refused():
 
     with pytest.raises(SystemExit, match="unknown method.*nope.*choose from head"):
         main(["--methods", "lora,nope"])
+
+
+def test_bad_learning_rate_is_refused():
+    from bench.quality import main
+
+    with pytest.raises(SystemExit, match="--lr lora=fast: expected METHOD=RATE"):
+        main(["--lr", "lora=fast"])
+    with pytest.raises(SystemExit, match="--lr lora=0: expected METHOD=RATE"):
+        main(["--lr", "lora=0"])
