@@ -95,7 +95,7 @@ def load_pretrained(ref: str, head: str, *, labels: Labels | None = None, tokeni
             name = os.path.basename(os.path.abspath(os.path.expanduser(ref)))
             loaded = _directory(Path(ref).expanduser(), head, labels, name, "directory")
         elif _FACTORY_REF.match(ref):
-            loaded = _factory(ref)
+            loaded = _factory(ref, labels)
         else:
             found = local_model_dir(ref, weights=True)
             if found is None:
@@ -199,7 +199,6 @@ def checkpoint_label_order(config: Any, labels: Labels, name: str, notes: list[s
     order is taken. Other names on a head of the same size: its rows are
     re-used for the data's labels in sorted order, and a note says so.
     """
-    names = [str(v) for v in (getattr(config, "id2label", None) or {}).values()]
     ids = sorted((getattr(config, "id2label", None) or {}).items())
     if not ids or all(str(v) == f"LABEL_{k}" for k, v in ids):
         return labels  # no names: a new or unnamed head
@@ -218,12 +217,30 @@ def checkpoint_label_order(config: Any, labels: Labels, name: str, notes: list[s
     return labels
 
 
-def _factory(ref: str) -> dict[str, Any]:
-    """``package.module:factory``'s model, as built (its own head; adaptlang adds none)."""
+def _factory(ref: str, labels: Labels | None) -> dict[str, Any]:
+    """``package.module:factory``'s model, as built (its own head; adaptlang adds none).
+
+    A classifier's labels follow its own head as for a folder
+    (:func:`checkpoint_label_order`), and a head with another number of
+    outputs than the data has labels is refused: cross-entropy would train
+    it without complaint, with some outputs never used.
+    """
     from adaptlang.plan.models import load_model
 
     model, _ = load_model(ref, device="cpu")
-    return {"model": model.train(), "name": ref, "kind": "factory"}
+    notes: list[str] = []
+    config = getattr(model, "config", None)
+    if labels is not None and config is not None:
+        outputs = getattr(config, "num_labels", None)
+        if outputs is not None and outputs != len(labels.names):
+            raise UsageError(Diagnostic(
+                f"model factory '{ref}' builds a classifier with {outputs} outputs, but the data has "
+                f"{len(labels.names)} labels", obj=ref,
+                hint="build the head with num_labels matching the data, or pass --num-labels",
+                notes=("labels: " + ", ".join(str(n) for n in labels.names),)))
+        labels = checkpoint_label_order(config, labels, ref, notes)
+        _set_labels(model, labels)
+    return {"model": model.train(), "name": ref, "kind": "factory", "notes": notes, "labels": labels}
 
 
 def _set_labels(model: nn.Module, labels: Labels | None) -> None:

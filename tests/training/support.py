@@ -134,3 +134,21 @@ def tiny_llama_model() -> object:
     return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                         tie_word_embeddings=False, pad_token_id=0, bos_token_id=2, eos_token_id=3))
+
+
+def tiny_llama_classifier(id2label: tuple[str, ...] = ("pos", "neg")) -> object:
+    """A ``pkg.module:factory``: a seeded tiny Llama classifier whose head names its rows ``id2label``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(3)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+                         num_labels=len(id2label), id2label=dict(enumerate(id2label)),
+                         label2id={n: i for i, n in enumerate(id2label)})
+    return LlamaForSequenceClassification(config)
+
+
+def tiny_llama_classifier3() -> object:
+    """:func:`tiny_llama_classifier` with three outputs (``a``, ``b``, ``c``)."""
+    return tiny_llama_classifier(("a", "b", "c"))

@@ -187,3 +187,17 @@ def test_training_maps_labels_to_a_trained_heads_rows(tmp_path):
                                epochs=1, batch_size=4))
     # The record (which predict reads) names the head's rows in the checkpoint's order.
     assert result.record["labels"] == ["pos", "neg"]
+
+
+def test_a_factory_classifier_keeps_its_label_order_and_must_fit_the_labels(tmp_path):
+    from tests.training.support import tokenizer_folder
+
+    tok = tokenizer_folder(tmp_path / "tok")
+    loaded = load_pretrained("tests.training.support:tiny_llama_classifier", "sequence-classification",
+                             labels=Labels(("neg", "pos")), tokenizer=tok)
+    assert loaded.labels == Labels(("pos", "neg"))
+    assert loaded.model.config.id2label == {0: "pos", 1: "neg"}
+    # Three outputs for two labels: one output would never be trained, and nothing would say so.
+    with pytest.raises(UsageError, match="3 outputs, but the data has 2 labels"):
+        load_pretrained("tests.training.support:tiny_llama_classifier3", "sequence-classification",
+                        labels=Labels(("neg", "pos")), tokenizer=tok)
