@@ -23,5 +23,17 @@ from __future__ import annotations
 
 # --- bundles: manifests, headers, PEFT folders -----------------------------------
 
+#: Bytes of a safetensors JSON header (safetensors' own reader stops at 100 MB too).
+#: A 70B model's LoRA bundle header, manifest included, is under 2 MB.
+BUNDLE_MAX_HEADER_BYTES = 100_000_000
+#: Nesting depth of a bundle header, its manifest, or an ``adapter_config.json``. A manifest
+#: nests about 8 deep (manifest > task_plan > deltas > delta > sites > site > shared_with);
+#: Python's json module fails near 1,000 with a RecursionError, which this limit pre-empts.
+BUNDLE_MAX_JSON_DEPTH = 64
+#: Largest magnitude of a real-valued property read from a bundle or PEFT config (alpha,
+#: adapter scale, task weights, PEFT lora_alpha). Real values are below 1e4; past about
+#: 1e30 a LoRA's scaling times its product overflows float32 and every output is NaN.
+BUNDLE_MAX_PROPERTY_MAGNITUDE = 1e9
+
 
 # --- cli: paths and files written ------------------------------------------------

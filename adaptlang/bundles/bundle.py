@@ -19,13 +19,15 @@ from typing import Any
 
 import torch
 
-from adaptlang.bundles.files import hash_tensors, read_header, read_tensors, write_files, write_safetensors
-from adaptlang.bundles.manifest import (
-    BUNDLE_FORMAT, MANIFEST_KEY, Provenance, check_manifest_fields, expected_bundle, manifest_json, sha256_text,
-    split_key,
+from adaptlang.bundles.files import (
+    check_finite, hash_tensors, read_header, read_tensors, write_files, write_safetensors,
 )
+from adaptlang.bundles.manifest import (
+    BUNDLE_FORMAT, MANIFEST_KEY, Provenance, expected_bundle, manifest_json, split_key,
+)
+from adaptlang.bundles.manifest_schema import parse_manifest
 from adaptlang.bundles.training_record import check_training_record
-from adaptlang.errors import AdaptError, BundleError, Diagnostic
+from adaptlang.errors import BundleError, Diagnostic
 
 __all__ = [
     "Bundle", "TASK_NAME", "build_bundle", "check_bundle_tensors", "read_bundle", "read_manifest", "write_bundles",
@@ -170,60 +172,19 @@ def read_bundle(path: Path | str) -> Bundle:
                 hint="the file was changed or corrupted after it was written; use an intact copy"))
         if expected[key].index:
             _check_indices(where, key, tensor, plan)
+    check_finite(where, tensors)
     return Bundle(header.path, manifest, tensors)
 
 
 def _checked_manifest(header: Any) -> dict[str, Any]:
-    """Parses the manifest from a safetensors header and checks it against its own hashes."""
-    from adaptlang.plan.plan import Plan
-
+    """Parses the manifest from a safetensors header through the one gate (:mod:`.manifest_schema`)."""
     where = str(header.path)
     raw = header.metadata.get(MANIFEST_KEY)
     if raw is None:
         raise BundleError(Diagnostic(
             "not an adaptlang bundle: a safetensors file without an adaptlang manifest", obj=where,
             hint="a PEFT adapter folder can be converted with `adaptc import-peft DIR`"))
-    try:
-        manifest = json.loads(raw)
-    except ValueError:
-        raise BundleError(Diagnostic("the adaptlang manifest is not valid JSON", obj=where)) from None
-    check_manifest_fields(manifest, where)
-    task = manifest["task"]
-    if not isinstance(task, str) or not TASK_NAME.match(task):
-        raise BundleError(Diagnostic(f"the manifest names an invalid task {task!r}", obj=where))
-    try:
-        plan = Plan.from_json(manifest["task_plan"])
-    except AdaptError as exc:
-        raise BundleError(Diagnostic(
-            f"the manifest's task plan is invalid: {exc.diagnostics[0].message}", obj=where,
-            notes=exc.diagnostics[0].notes)) from None
-    if list(plan.tasks) != [task]:
-        raise BundleError(Diagnostic(f"the manifest's task plan holds tasks {list(plan.tasks)}, not ['{task}']",
-                                     obj=where))
-    if manifest["model"].get("fingerprint") != plan.model["fingerprint"]:
-        raise BundleError(Diagnostic("the manifest's model fingerprint differs from its task plan's", obj=where))
-    _check_spec(where, manifest["spec"])
-    if manifest.get("training") is not None:  # optional: bundles saved outside `adaptc train` have none
-        check_training_record(manifest["training"], where, writing=False)
-    if not isinstance(manifest["tensors"], dict):
-        raise BundleError(Diagnostic("the manifest's tensor table is malformed", obj=where))
-    return manifest
-
-
-def _check_spec(where: str, spec: Any) -> None:
-    """Checks the recorded spec source against its sha256 values."""
-    if spec is None:
-        return
-    ok = isinstance(spec, dict) and isinstance(spec.get("sources"), dict) and spec.get("path") in spec["sources"]
-    if not ok:
-        raise BundleError(Diagnostic("the manifest's spec section is malformed", obj=where))
-    if sha256_text(spec["sources"][spec["path"]]) != spec.get("sha256"):
-        raise BundleError(Diagnostic(
-            f"the recorded spec '{spec['path']}' does not match its sha256", obj=where,
-            hint="the manifest was edited or corrupted; use an intact copy of the bundle"))
-    for name, digest in (spec.get("source_sha256") or {}).items():
-        if name not in spec["sources"] or sha256_text(spec["sources"][name]) != digest:
-            raise BundleError(Diagnostic(f"the recorded spec file '{name}' does not match its sha256", obj=where))
+    return parse_manifest(raw, where)
 
 
 def check_bundle_tensors(where: str, tensors: dict[str, torch.Tensor], plan: dict[str, Any], task: str) -> None:

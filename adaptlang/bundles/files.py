@@ -31,10 +31,11 @@ from typing import Any, BinaryIO, Callable, Mapping
 import torch
 
 from adaptlang.errors import BundleError, Diagnostic
+from adaptlang.limits import BUNDLE_MAX_HEADER_BYTES, BUNDLE_MAX_JSON_DEPTH
 
 __all__ = [
-    "DTYPES", "SafetensorsHeader", "TensorEntry", "commit_files", "make_folder", "read_header", "read_tensors",
-    "hash_tensors", "tensor_bytes", "tensor_sha256", "write_files",
+    "DTYPES", "SafetensorsHeader", "TensorEntry", "check_finite", "commit_files", "make_folder", "read_header",
+    "read_tensors", "hash_tensors", "tensor_bytes", "tensor_sha256", "write_files",
 ]
 
 #: safetensors dtype names <-> torch dtypes (the ones bundles and PEFT adapters use).
@@ -46,7 +47,7 @@ DTYPES: dict[str, torch.dtype] = {
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 #: A header larger than this is not a bundle (safetensors' own limit is 100 MB).
-MAX_HEADER = 100_000_000
+MAX_HEADER = BUNDLE_MAX_HEADER_BYTES
 
 
 def _error(path: Path | str, message: str, hint: str | None = None, notes: tuple[str, ...] = ()) -> BundleError:
@@ -255,7 +256,10 @@ def read_header(path: Path | str) -> SafetensorsHeader:
             if len(head) < 8:
                 raise _error(path, f"not a safetensors file: only {size} bytes")
             (length,) = struct.unpack("<Q", head)
-            if length > min(MAX_HEADER, size - 8):
+            if length > MAX_HEADER:
+                raise _error(path, f"not a safetensors file: the header claims {length:,} bytes, more than "
+                                   f"the limit BUNDLE_MAX_HEADER_BYTES = {MAX_HEADER:,}")
+            if length > size - 8:
                 raise _error(path, f"not a safetensors file, or truncated: the header claims {length:,} bytes "
                                    f"but the file has {size - 8:,} after the length field")
             raw = handle.read(length)
@@ -263,6 +267,9 @@ def read_header(path: Path | str) -> SafetensorsHeader:
         raise _error(path, f"cannot read: {exc.strerror or exc}") from None
     try:
         header = json.loads(raw.decode("utf-8"))
+    except RecursionError:  # json recurses per nesting level; a hostile header nests 1e5 deep
+        raise _error(path, f"malformed safetensors header: nested deeper than {BUNDLE_MAX_JSON_DEPTH} levels "
+                           f"(limit BUNDLE_MAX_JSON_DEPTH = {BUNDLE_MAX_JSON_DEPTH})") from None
     except (UnicodeDecodeError, ValueError):
         raise _error(path, "not a safetensors file: its header is not JSON") from None
     if not isinstance(header, dict):
@@ -284,9 +291,12 @@ def _check_entry(path: Path, name: str, info: Any) -> TensorEntry:
         raise _error(path, f"tensor '{name}' has an unsupported dtype {info['dtype']!r}",
                      notes=(f"supported: {', '.join(DTYPES)}",))
     shape, offsets = info["shape"], info["data_offsets"]
-    ints = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in [*shape, *offsets])
-    if not isinstance(shape, list) or not isinstance(offsets, list) or len(offsets) != 2 or not ints:
-        raise _error(path, f"malformed safetensors header: bad shape or offsets for '{name}'")
+    # Types first: `"shape": 5` or `"data_offsets": null` must not reach the unpacking below.
+    lists = isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2
+    ints = lists and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in [*shape, *offsets])
+    if not ints:
+        raise _error(path, f"malformed safetensors header: bad shape or offsets for '{name}'",
+                     notes=(f"shape: {_short(shape)}, data_offsets: {_short(offsets)}",))
     start, end = offsets
     numel = 1
     for dim in shape:
@@ -295,6 +305,12 @@ def _check_entry(path: Path, name: str, info: Any) -> TensorEntry:
         raise _error(path, f"malformed safetensors header: '{name}' has shape {tuple(shape)} "
                            f"but {end - start} bytes")
     return TensorEntry(dtype, tuple(shape), start, end)
+
+
+def _short(value: Any) -> str:
+    """A JSON value shown in a message, cut short (a hostile header may hold megabytes)."""
+    text = json.dumps(value) if isinstance(value, (int, float, str, bool, type(None))) else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_tiling(path: Path, tensors: dict[str, TensorEntry], data_size: int) -> None:
@@ -310,6 +326,24 @@ def _check_tiling(path: Path, tensors: dict[str, TensorEntry], data_size: int) -
                      hint="the file was cut short (an interrupted copy or download?)")
     if position < data_size:
         raise _error(path, f"malformed safetensors file: {data_size - position:,} bytes after the last tensor")
+
+
+def check_finite(where: str | Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Refuses floating tensors holding NaN or infinity: loaded, they would damage a model for good.
+
+    One ``isfinite().all()`` per tensor (a pass over bytes already read; about
+    as cheap as hashing them). Integer tensors (sparse positions) are always finite.
+
+    Raises:
+        BundleError: Naming the file and the first tensor with a non-finite value.
+    """
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            if not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise _error(where, f"tensor '{key}' holds {bad:,} NaN or infinite value(s)",
+                             hint="the values were damaged (a diverged run, or an edited file); "
+                                  "load an earlier, intact bundle")
 
 
 def read_tensors(header: SafetensorsHeader) -> dict[str, torch.Tensor]:

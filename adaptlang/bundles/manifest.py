@@ -25,7 +25,7 @@ from typing import Any
 from adaptlang.errors import BundleError, Diagnostic
 
 __all__ = [
-    "BUNDLE_FORMAT", "MANIFEST_KEY", "Provenance", "TensorSpec", "check_manifest_fields", "describe_structure",
+    "BUNDLE_FORMAT", "MANIFEST_KEY", "Provenance", "TensorSpec", "describe_structure",
     "expected_tensors", "manifest_json", "restrict_plan", "sha256_text", "split_key",
 ]
 
@@ -33,8 +33,6 @@ __all__ = [
 BUNDLE_FORMAT = 1
 #: The safetensors metadata key holding the manifest JSON.
 MANIFEST_KEY = "adaptlang"
-#: Manifest fields every bundle has.
-REQUIRED = ("bundle_format", "adaptlang_version", "task", "spec", "plan_sha256", "task_plan", "model", "tensors")
 
 
 def sha256_text(text: str) -> str:
@@ -195,22 +193,3 @@ def expected_bundle(plan_dict: dict[str, Any], deltas: list[str]) -> dict[str, T
             for local, spec in expected_tensors(delta["kind"], site).items():
                 out[f"{name}/{site['path']}/{local}"] = spec
     return out
-
-
-def check_manifest_fields(manifest: Any, where: str) -> None:
-    """Checks the manifest's top-level shape and format version.
-
-    Raises:
-        BundleError: Not an object, missing fields, or a newer format.
-    """
-    if not isinstance(manifest, dict):
-        raise BundleError(Diagnostic("the adaptlang manifest is not a JSON object", obj=where))
-    version = manifest.get("bundle_format")
-    if isinstance(version, int) and version > BUNDLE_FORMAT:
-        raise BundleError(Diagnostic(
-            f"bundle format {version} is newer than this adaptlang reads ({BUNDLE_FORMAT})", obj=where,
-            hint=f"upgrade adaptlang (this bundle was written by adaptlang {manifest.get('adaptlang_version')})"))
-    missing = [k for k in REQUIRED if k not in manifest]
-    if missing or not isinstance(version, int):
-        raise BundleError(Diagnostic("the adaptlang manifest is incomplete", obj=where,
-                                     notes=tuple(f"missing: {k}" for k in missing) or ("bad bundle_format",)))

@@ -14,7 +14,7 @@ from torch import nn
 
 from adaptlang.errors import RuntimeApplyError
 from adaptlang.runtime.concurrency import changes_model
-from adaptlang.runtime.merging import check_keep, merge_refusal
+from adaptlang.runtime.merging import NonFiniteMerge, check_keep, merge_refusal
 from adaptlang.runtime.shards import refuse_if_sharded
 
 __all__ = ["MergeMethods", "tied_parameter_ids"]
@@ -60,6 +60,9 @@ class MergeMethods:
 
         Raises:
             RuntimeApplyError: An unknown ``keep`` (nothing changes), or removed.
+            NonFiniteMerge: A site's merged weight would hold NaN or infinity (a
+                ``RuntimeApplyError``): the merge is refused, every base weight is
+                as it was, and unmerge/remove still work.
         """
         self._check_live()
         check_keep(keep)
@@ -81,6 +84,8 @@ class MergeMethods:
                 if reason is None:
                     try:
                         site.merge(keep)
+                    except NonFiniteMerge:
+                        raise  # broken deltas: the whole merge is refused (the sites done are unmerged below)
                     except (RuntimeApplyError, NotImplementedError, ValueError) as exc:
                         reason = str(exc).splitlines()[0]
                 if reason is not None:

@@ -55,8 +55,8 @@ from adaptlang.errors import Diagnostic, RuntimeApplyError, did_you_mean
 from adaptlang.runtime.ia3 import combined_factor
 from adaptlang.runtime.layers import describe_layer, from_out_in, out_in_view
 
-__all__ = ["KEEP_MODES", "MERGEABLE_KINDS", "MergeRecord", "check_keep", "merge_parts", "merge_refusal",
-           "unmerge_parts"]
+__all__ = ["KEEP_MODES", "MERGEABLE_KINDS", "MergeRecord", "NonFiniteMerge", "check_keep", "merge_parts",
+           "merge_refusal", "unmerge_parts"]
 
 #: Part kinds that fold into base weights.
 MERGEABLE_KINDS = ("lora", "ia3", "sparse")
@@ -224,6 +224,7 @@ def merge_parts(base: nn.Module, entries: list[tuple[Any, float]], keep: str = "
         RuntimeApplyError: Nothing changed: an unknown ``keep``, a layer the deltas
             cannot fold into, a LoRA bias on a layer without one, or (``keep="none"``)
             a factor with a zero.
+        NonFiniteMerge: Nothing changed: a merged value would be NaN/inf where the base's was finite.
     """
     check_keep(keep)
     exact = keep != "none"
@@ -300,6 +301,10 @@ def merge_parts(base: nn.Module, entries: list[tuple[Any, float]], keep: str = "
             record.dense[name] = _keep_copy(_param(base, name), keep) if exact else None
         for name, (positions, originals, _) in updates.items():
             record.sparse.append((name, positions, originals.cpu() if keep == "cpu" else originals))
+        checks = [(n, _param(base, n), v) for n, v in new.items()]
+        checks += [(n, orig, merged) for n, (_, orig, merged) in updates.items() if n not in new]
+        for name, before, after in checks:
+            _check_finite_merge(base, name, before, after)
         # Every check and allocation is done: from here on the parameters change.
         for name, value in new.items():
             _param(base, name).copy_(value)
@@ -307,6 +312,23 @@ def merge_parts(base: nn.Module, entries: list[tuple[Any, float]], keep: str = "
             if name not in new:
                 _param(base, name).view(-1)[positions] = merged
     return record
+
+
+class NonFiniteMerge(RuntimeApplyError):
+    """A merge would write NaN/infinity into a base weight: the whole merge is refused, nothing written."""
+
+
+def _check_finite_merge(base: nn.Module, name: str, before: torch.Tensor, after: torch.Tensor) -> None:
+    """Raises :class:`NonFiniteMerge` when ``after`` is non-finite where ``before`` (the base's own) was finite."""
+    ok = torch.isfinite(after)
+    if bool(ok.all()):
+        return
+    if new_bad := int((~ok & torch.isfinite(before.reshape(after.shape))).sum()):
+        raise NonFiniteMerge(Diagnostic(
+            f"merging would write {new_bad:,} NaN or infinite value(s) into {type(base).__name__}.{name}; "
+            "nothing was merged", obj=name,
+            hint="a delta holds non-finite values or overflows (check its factors, alpha and task weight); "
+                 "the base weights are unchanged"))
 
 
 def _detached(t: torch.Tensor | None) -> torch.Tensor | None:
