@@ -34,6 +34,12 @@ BUNDLE_MAX_JSON_DEPTH = 64
 #: adapter scale, task weights, PEFT lora_alpha). Real values are below 1e4; past about
 #: 1e30 a LoRA's scaling times its product overflows float32 and every output is NaN.
 BUNDLE_MAX_PROPERTY_MAGNITUDE = 1e9
+#: Characters of one ``rank_pattern``/``alpha_pattern`` key or ``feedforward_modules`` regex in an
+#: ``adapter_config.json``. PEFT writes module paths (under 200 characters).
+BUNDLE_MAX_PATTERN_CHARS = 1_000
+#: Characters of a PEFT ``prompt_tuning_init_text``: it becomes a string literal in the imported
+#: spec. Real ones are a sentence or a paragraph.
+BUNDLE_MAX_PEFT_TEXT_CHARS = 100_000
 
 
 # --- cli: paths and files written ------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from adaptlang.bundles.bundle import TASK_NAME, build_bundle, write_bundles
+from adaptlang.bundles.bundle import TASK_NAME, build_bundle, check_storage_dtype, write_bundles
 from adaptlang.bundles.files import make_folder
 from adaptlang.bundles.manifest import Provenance, describe_structure, restrict_plan
 from adaptlang.bundles.ranks import on_rank_zero
@@ -111,12 +111,14 @@ class BundleAdapted(Adapted):
             The bundle paths, one per task, in order.
 
         Raises:
-            UsageError: An unknown task.
+            UsageError: An unknown task; a ``dtype`` that is not floating point (int8, bool, ...);
+                nothing is written then.
             BundleError: The folder cannot be written; a malformed training record.
         """
         from adaptlang import __version__
 
         self._check_live()
+        check_storage_dtype(dtype)  # before the folder is made or a file written
         names = list(self.tasks if tasks is None else tasks)
         for task in names:
             if task not in self.tasks:

@@ -27,10 +27,10 @@ from adaptlang.bundles.manifest import (
 )
 from adaptlang.bundles.manifest_schema import parse_manifest
 from adaptlang.bundles.training_record import check_training_record
-from adaptlang.errors import BundleError, Diagnostic
+from adaptlang.errors import BundleError, Diagnostic, UsageError
 
 __all__ = [
-    "Bundle", "TASK_NAME", "build_bundle", "check_bundle_tensors", "read_bundle", "read_manifest", "write_bundles",
+    "Bundle", "STORAGE_DTYPES", "TASK_NAME", "build_bundle", "check_storage_dtype", "check_bundle_tensors", "read_bundle", "read_manifest", "write_bundles",
 ]
 
 #: Task names are identifiers, so ``<task>.safetensors`` is always a plain file name.
@@ -76,6 +76,28 @@ class Bundle:
         return {k: v for k, v in self.tensors.items() if split_key(k)[0] == delta}
 
 
+#: Dtypes ``save(dtype=...)`` may store floating tensors in (what safetensors and PEFT read back).
+STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def check_storage_dtype(dtype: Any, where: str = "save(dtype=...)") -> None:
+    """Refuses a storage dtype that would destroy trained values (an integer, bool, complex or float8 type).
+
+    Called before anything is written, so the previous bundles stay as they were.
+
+    Raises:
+        UsageError: ``dtype`` is not None and not one of :data:`STORAGE_DTYPES`.
+    """
+    if dtype is None or dtype in STORAGE_DTYPES:
+        return
+    shown = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else repr(dtype)[:60]
+    raise UsageError(Diagnostic(
+        f"cannot store bundles as {shown}: trained values need a floating-point dtype", obj=where,
+        hint="use torch.bfloat16 or torch.float16 (half the size), torch.float32, or None (as trained)",
+        notes=("casting to an integer or bool type would replace every trained value",)
+        if isinstance(dtype, torch.dtype) and not (dtype.is_floating_point or dtype.is_complex) else ()))
+
+
 def build_bundle(path: Path, task: str, task_plan: dict[str, Any], tensors: dict[str, torch.Tensor],
                  provenance: Provenance, structure: dict[str, str], version: str,
                  dtype: torch.dtype | None = None, training: dict[str, Any] | None = None) -> Bundle:
@@ -95,7 +117,9 @@ def build_bundle(path: Path, task: str, task_plan: dict[str, Any], tensors: dict
 
     Raises:
         BundleError: A malformed training record.
+        UsageError: A ``dtype`` that is not floating point (:func:`check_storage_dtype`).
     """
+    check_storage_dtype(dtype)
     stored = {}
     for key in sorted(tensors):
         value = tensors[key].detach().to("cpu")

@@ -24,12 +24,12 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
 
 import torch
 
+from adaptlang.bundles.temps import make_temp, remove_stale_temps
 from adaptlang.errors import BundleError, Diagnostic
 from adaptlang.limits import BUNDLE_MAX_HEADER_BYTES, BUNDLE_MAX_JSON_DEPTH
 
@@ -157,7 +157,12 @@ def write_files(jobs: list[tuple[Path, Writer]]) -> list[Path]:
     Raises:
         BundleError: A folder that cannot be written, or a write that failed
             (a full disk): no target is changed then, and no temporary is left.
+
+    Stale temporaries of earlier, killed writes into the same folders are
+    removed first (:func:`~adaptlang.bundles.temps.remove_stale_temps`).
     """
+    for folder in sorted({target.parent for target, _ in jobs}, key=str):
+        remove_stale_temps(folder)  # what killed saves left here (only ours, only dead ones)
     temps: list[tuple[str, Path]] = []
     current = Path(".")
     try:
@@ -180,8 +185,7 @@ def write_files(jobs: list[tuple[Path, Writer]]) -> list[Path]:
 
 def _write_temp(target: Path, writer: Writer) -> str:
     """Writes one temporary file next to ``target`` and fsyncs it; returns its name."""
-    folder = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    fd, tmp = make_temp(target)
     try:
         with os.fdopen(fd, "wb") as handle:
             writer(handle)

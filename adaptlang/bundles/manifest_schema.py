@@ -26,17 +26,17 @@ The on-disk format is unchanged: every bundle written so far passes.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adaptlang.bundles.manifest import BUNDLE_FORMAT, sha256_text
-from adaptlang.bundles.safejson import field_path, parse_json
+from adaptlang.bundles.safejson import error_field, parse_json
 from adaptlang.bundles.training_record import check_training_record
 from adaptlang.errors import AdaptError, BundleError, Diagnostic, Span
 from adaptlang.limits import BUNDLE_MAX_PROPERTY_MAGNITUDE
 
-__all__ = ["Manifest", "check_plan_values", "check_real", "parse_manifest", "validate_manifest"]
+__all__ = ["Manifest", "check_plan_values", "check_real", "language_check", "parse_manifest", "validate_manifest"]
 
 #: Task names are identifiers, so ``<task>.safetensors`` is always a plain file name.
 TASK_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -55,7 +55,7 @@ class SpecSection(_Lenient):
     sha256: str
     sources: dict[str, str]
     source_sha256: dict[str, str] = Field(default_factory=dict)
-    overrides: dict[str, Union[int, float]] = Field(default_factory=dict)
+    overrides: dict[str, float] = Field(default_factory=dict)
 
 
 class ModelSection(_Lenient):
@@ -114,7 +114,7 @@ def validate_manifest(data: Any, where: str) -> dict[str, Any]:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise _refuse(where, field_path(first["loc"]), first["msg"],
+        raise _refuse(where, error_field(first["loc"]), first["msg"],
                       notes=(f"{exc.error_count()} problem(s) in all",) if exc.error_count() > 1 else ()) from None
     if manifest.bundle_format < 1:
         raise _refuse(where, "bundle_format", f"{manifest.bundle_format} is not a bundle format")
@@ -161,7 +161,7 @@ def check_real(value: int | float, what: str) -> str | None:
     return None
 
 
-def _number_check(prop: Any, value: Any) -> str | None:
+def language_check(prop: Any, value: Any) -> str | None:
     """Runs one of the language's numeric property checks on a plain number; returns its complaint."""
     from adaptlang.spec.values import ValueProblem
     from adaptlang.syntax import ast
@@ -197,12 +197,12 @@ def check_plan_values(plan: dict[str, Any]) -> tuple[str, str] | None:
                 if prop in integral or prop in real:
                     # Magnitude first: the language's real checks call float(), which overflows on huge ints.
                     problem = check_real(value, key) if prop in real else None
-                    problem = problem or _number_check(prop, value)
+                    problem = problem or language_check(prop, value)
                     if problem is not None:
                         return f"deltas.{name}.sites[{i}].{key}", problem
     for name, task in plan["tasks"].items():
         for i, term in enumerate(task["deltas"]):
-            problem = check_real(term["weight"], "weight") or _number_check(POS_NUMBER, term["weight"])
+            problem = check_real(term["weight"], "weight") or language_check(POS_NUMBER, term["weight"])
             if problem is not None:
                 return f"tasks.{name}.deltas[{i}].weight", problem.replace("a number > 0", "a task weight > 0")
     return None

@@ -14,7 +14,6 @@ writes, so PEFT -> adaptlang -> PEFT round-trips.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from pathlib import Path
@@ -23,8 +22,9 @@ from typing import Any
 import torch
 
 from adaptlang.bundles.bundle import build_bundle, check_bundle_tensors, write_bundles
-from adaptlang.bundles.files import make_folder, read_header, read_tensors
+from adaptlang.bundles.files import check_finite, make_folder, read_header, read_tensors
 from adaptlang.bundles.manifest import Provenance, describe_structure, restrict_plan
+from adaptlang.bundles.peft_config import read_peft_config
 from adaptlang.bundles.peft_common import PREFIX, match_pattern_key, most_common
 from adaptlang.bundles.spec_writer import paths_selector, render_block
 from adaptlang.errors import BundleError, Diagnostic, UsageError
@@ -66,13 +66,13 @@ def _read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
             raise _err(folder, "adapter_model.bin is a pickle, which adaptlang never loads (it can run code)",
                        hint="convert it to safetensors with PEFT: model.save_pretrained(dir, safe_serialization=True)")
         raise _err(folder, "not a PEFT adapter folder: no adapter_model.safetensors")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise _err(folder, f"cannot read adapter_config.json: {exc}") from None
-    if not isinstance(config, dict):
-        raise _err(folder, "adapter_config.json is not a JSON object")
-    return config, read_tensors(read_header(weights))
+    config = read_peft_config(config_file)
+    tensors = read_tensors(read_header(weights))
+    for key, value in tensors.items():
+        if not value.is_floating_point():  # every PEFT adapter tensor holds values, not positions
+            raise _err(weights, f"tensor '{key}' has dtype {value.dtype}, expected floating-point values")
+    check_finite(weights, tensors)
+    return config, tensors
 
 
 def _split_keys(folder: Path, tensors: dict[str, torch.Tensor], suffixes: dict[str, str]
@@ -121,15 +121,19 @@ def _lora(folder: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor]
     for path, local in sites.items():
         if "lora_A" not in local or "lora_B" not in local:
             raise _err(folder, f"module '{path}' lacks lora_A or lora_B")
-        ranks[path] = int(local["lora_A"].shape[0])
+        a, b = local["lora_A"], local["lora_B"]
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1] or a.shape[0] < 1:
+            raise _err(folder, f"module '{path}': lora_A has shape {tuple(a.shape)} and lora_B {tuple(b.shape)}, "
+                               "expected (r, in) and (out, r) with the same r >= 1")
+        ranks[path] = int(a.shape[0])
         want = config.get("rank_pattern") or {}
         key = match_pattern_key(want, path)
-        expected = int(want[key]) if key is not None else int(config.get("r", ranks[path]))
+        expected = int(want[key]) if key is not None else int(config.get("r") or ranks[path])
         if expected != ranks[path]:
             raise _err(folder, f"module '{path}': the config says rank {expected}, its tensors have {ranks[path]}")
         apat = config.get("alpha_pattern") or {}
         key = match_pattern_key(apat, path)
-        alphas[path] = float(apat[key]) if key is not None else float(config.get("lora_alpha", 8))
+        alphas[path] = float(apat[key]) if key is not None else float(config.get("lora_alpha") or 8)
     variant = "dora" if config.get("use_dora") else "rslora" if config.get("use_rslora") else "lora"
     if variant == "dora" and any("magnitude" not in local for local in sites.values()):
         raise _err(folder, "use_dora is set but a module has no lora_magnitude_vector")
@@ -180,6 +184,8 @@ def _prompt(folder: Path, config: dict[str, Any], tensors: dict[str, torch.Tenso
         raise _err(folder, "a prompt-tuning adapter holds exactly 'prompt_embeddings'",
                    notes=tuple(sorted(tensors)[:5]))
     value = tensors["prompt_embeddings"]
+    if value.dim() != 2 or value.shape[0] < 1:
+        raise _err(folder, f"prompt_embeddings has shape {tuple(value.shape)}, expected (tokens, dim)")
     init = {"TEXT": None, "SAMPLE_VOCAB": "vocab"}.get(str(config.get("prompt_tuning_init")), "random")
     text = config.get("prompt_tuning_init_text")
     init_text = f"text {render_string(text)}" if init is None and isinstance(text, str) else (init or "random")

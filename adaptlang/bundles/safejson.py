@@ -19,7 +19,7 @@ from typing import Any
 from adaptlang.errors import BundleError, Diagnostic
 from adaptlang.limits import BUNDLE_MAX_JSON_DEPTH
 
-__all__ = ["field_path", "find_json_problem", "parse_json"]
+__all__ = ["error_field", "field_path", "find_json_problem", "parse_json"]
 
 
 def field_path(parts: tuple[Any, ...] | list[Any]) -> str:
@@ -31,6 +31,17 @@ def field_path(parts: tuple[Any, ...] | list[Any]) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out or "(top level)"
+
+
+#: What pydantic puts in an error's location for the member of a union it tried (not a JSON key).
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none"})
+
+
+def error_field(loc: tuple[Any, ...]) -> str:
+    """A pydantic error location as a field path, without union member tags (``('t', 'list[str]', 0)``)."""
+    kept = [part for i, part in enumerate(loc)
+            if i == 0 or not isinstance(part, str) or (part not in _UNION_TAGS and "[" not in part)]
+    return field_path(kept)
 
 
 def find_json_problem(value: Any, max_depth: int = BUNDLE_MAX_JSON_DEPTH) -> str | None:

@@ -43,6 +43,7 @@ from typing import Any, Iterable
 import torch
 from transformers import TrainerCallback
 
+from adaptlang.bundles.bundle import check_storage_dtype
 from adaptlang.bundles.ranks import on_rank_zero
 from adaptlang.errors import Diagnostic, UsageError
 
@@ -107,6 +108,7 @@ class BundleCallback(TrainerCallback):
 
     def __init__(self, adapted: Any = None, output_dir: str | Path | None = None,
                  tasks: Iterable[str] | None = None, dtype: torch.dtype | None = None):
+        check_storage_dtype(dtype, "BundleCallback(dtype=...)")  # refused now, not at the first checkpoint
         self.adapted = adapted
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.tasks = None if tasks is None else list(tasks)
