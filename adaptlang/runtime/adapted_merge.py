@@ -10,14 +10,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import nn
 
-from adaptlang.errors import RuntimeApplyError
+from adaptlang.errors import Diagnostic, RuntimeApplyError
 from adaptlang.runtime.concurrency import changes_model
-from adaptlang.runtime.merging import NonFiniteMerge, check_keep, merge_refusal
+from adaptlang.runtime.merging import MERGEABLE_KINDS, NonFiniteMerge, check_keep, merge_refusal
 from adaptlang.runtime.shards import refuse_if_sharded
 
-__all__ = ["MergeMethods", "tied_parameter_ids"]
+__all__ = ["MergeMethods", "check_finite_deltas", "tied_parameter_ids"]
 
 
 class MergeMethods:
@@ -77,6 +78,8 @@ class MergeMethods:
             # folding into it would still change the base the other name comes back to.
             tied |= set(self._patch.base_ties)
         tuned = self._patch.tune.copy_ids()
+        config = self._patch.configs[self._active]
+        check_finite_deltas({path: self._patch.sites[path] for path in config.active_paths}, set(config.deltas))
         try:
             for path in self._patch.configs[self._active].active_paths:
                 site = self._patch.sites[path]
@@ -132,6 +135,30 @@ class MergeMethods:
     def merged(self) -> bool:
         """True between :meth:`merge` and :meth:`unmerge`."""
         return self._merged
+
+
+def check_finite_deltas(sites: dict[str, Any], deltas: set[str]) -> None:
+    """Refuses a merge before any site merges when an active mergeable delta holds NaN or infinity.
+
+    One ``isfinite`` per delta tensor (factors are small next to the weights).
+    Finite factors whose product overflows are caught per site by
+    :func:`~adaptlang.runtime.merging.merge_parts`, after which the sites
+    already merged are unmerged.
+
+    Raises:
+        NonFiniteMerge: Naming the delta, the site and the tensor.
+    """
+    for path, site in sites.items():
+        for name, part in site.parts.items():
+            if name not in deltas or part.kind not in MERGEABLE_KINDS:
+                continue
+            for local, tensor in [*part.named_parameters(), *part.named_buffers()]:
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise NonFiniteMerge(Diagnostic(
+                        f"cannot merge: delta '{name}' at '{path}' holds NaN or infinite values in '{local}'; "
+                        "nothing was merged", obj=name,
+                        hint="the delta's values are damaged (a diverged run, or set by hand); the base weights "
+                             "are unchanged; load or train intact values first"))
 
 
 def tied_parameter_ids(model: nn.Module) -> set[int]:
