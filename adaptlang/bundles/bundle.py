@@ -30,7 +30,8 @@ from adaptlang.bundles.training_record import check_training_record
 from adaptlang.errors import BundleError, Diagnostic, UsageError
 
 __all__ = [
-    "Bundle", "STORAGE_DTYPES", "TASK_NAME", "build_bundle", "check_storage_dtype", "check_bundle_tensors", "read_bundle", "read_manifest", "write_bundles",
+    "Bundle", "STORAGE_DTYPES", "TASK_NAME", "build_bundle", "check_bundle_tensors", "check_storage_dtype",
+    "read_bundle", "read_manifest", "write_bundles",
 ]
 
 #: Task names are identifiers, so ``<task>.safetensors`` is always a plain file name.
