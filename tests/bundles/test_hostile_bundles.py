@@ -24,7 +24,6 @@ import pytest
 import torch
 
 import adaptlang
-from adaptlang.bundles import temps
 from adaptlang.errors import AdaptError, BundleError, RuntimeApplyError, UsageError
 from adaptlang.plan.plan import compute_plan_sha256
 
@@ -227,6 +226,8 @@ def dead_pid():
 
 
 def test_a_save_removes_stale_temporaries_of_ours_only(bt, saved):
+    from adaptlang.bundles import temps
+
     adapted, paths = saved
     folder = paths[0].parent
     host = temps._host()
@@ -256,6 +257,8 @@ def test_a_save_removes_stale_temporaries_of_ours_only(bt, saved):
 
 
 def test_temporaries_are_named_by_the_pattern_the_cleaner_matches(tmp_path):
+    from adaptlang.bundles import temps
+
     target = tmp_path / "task.safetensors"
     fd, name = temps.make_temp(target)
     os.close(fd)
