@@ -31,7 +31,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adaptlang.bundles.manifest import BUNDLE_FORMAT, sha256_text
-from adaptlang.bundles.safejson import error_field, parse_json
+from adaptlang.bundles.safejson import first_error, parse_json
 from adaptlang.bundles.training_record import check_training_record
 from adaptlang.errors import AdaptError, BundleError, Diagnostic, Span
 from adaptlang.limits import BUNDLE_MAX_PROPERTY_MAGNITUDE
@@ -113,8 +113,8 @@ def validate_manifest(data: Any, where: str) -> dict[str, Any]:
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise _refuse(where, error_field(first["loc"]), first["msg"],
+        field, message = first_error(exc.errors())
+        raise _refuse(where, field, message,
                       notes=(f"{exc.error_count()} problem(s) in all",) if exc.error_count() > 1 else ()) from None
     if manifest.bundle_format < 1:
         raise _refuse(where, "bundle_format", f"{manifest.bundle_format} is not a bundle format")

@@ -23,7 +23,7 @@ from typing import Any, Optional, Union
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from adaptlang.bundles.manifest_schema import check_real, language_check
-from adaptlang.bundles.safejson import error_field, parse_json
+from adaptlang.bundles.safejson import first_error, parse_json
 from adaptlang.errors import BundleError, Diagnostic
 from adaptlang.limits import BUNDLE_MAX_PATTERN_CHARS, BUNDLE_MAX_PEFT_TEXT_CHARS
 
@@ -122,7 +122,7 @@ def read_peft_config(config_file: Path) -> dict[str, Any]:
     try:
         config = PeftConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise _refuse(config_file, error_field(first["loc"]), first["msg"]) from None
+        field, message = first_error(exc.errors())
+        raise _refuse(config_file, field, message) from None
     _check_values(config_file, config)
     return data

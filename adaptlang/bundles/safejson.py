@@ -19,7 +19,7 @@ from typing import Any
 from adaptlang.errors import BundleError, Diagnostic
 from adaptlang.limits import BUNDLE_MAX_JSON_DEPTH
 
-__all__ = ["error_field", "field_path", "find_json_problem", "parse_json"]
+__all__ = ["error_field", "field_path", "first_error", "find_json_problem", "parse_json"]
 
 
 def field_path(parts: tuple[Any, ...] | list[Any]) -> str:
@@ -37,11 +37,27 @@ def field_path(parts: tuple[Any, ...] | list[Any]) -> str:
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "none"})
 
 
+def _kept(loc: tuple[Any, ...]) -> list[Any]:
+    return [part for i, part in enumerate(loc)
+            if i == 0 or not isinstance(part, str) or (part not in _UNION_TAGS and "[" not in part)]
+
+
 def error_field(loc: tuple[Any, ...]) -> str:
     """A pydantic error location as a field path, without union member tags (``('t', 'list[str]', 0)``)."""
-    kept = [part for i, part in enumerate(loc)
-            if i == 0 or not isinstance(part, str) or (part not in _UNION_TAGS and "[" not in part)]
-    return field_path(kept)
+    return field_path(_kept(loc))
+
+
+def first_error(errors: list[dict[str, Any]]) -> tuple[str, str]:
+    """The first pydantic error as ``(field path, message)``.
+
+    A field of a union type gets one error per member tried, in no fixed
+    order; the deepest location among the first field's errors says most
+    (``target_modules[0]`` rather than ``target_modules``).
+    """
+    top = errors[0]["loc"][:1]
+    same = [e for e in errors if e["loc"][:1] == top]
+    best = max(same, key=lambda e: len(_kept(e["loc"])))  # max() keeps the first of equals
+    return error_field(best["loc"]), best["msg"]
 
 
 def find_json_problem(value: Any, max_depth: int = BUNDLE_MAX_JSON_DEPTH) -> str | None:
