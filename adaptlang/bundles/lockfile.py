@@ -60,22 +60,30 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def lock_entry(spec_path: Path, model: str | None, head: str | None = None,
-               num_labels: int | None = None) -> tuple[str, dict[str, Any], str]:
+               num_labels: int | None = None, *, allow_factory: bool | None = None,
+               source: tuple[str, str] | None = None) -> tuple[str, dict[str, Any], str]:
     """Compiles one spec against one model and returns ``(model key, entry, spec sha256)``.
 
     ``head``/``num_labels`` build the model with a task head (as ``compile_plan``)
-    and are recorded in the entry.
+    and are recorded in the entry. ``allow_factory`` is as in ``compile_plan``
+    (None: ``model`` is the caller's own, the spec's statement is a file's);
+    ``source`` is ``(file, what in it)`` that ``model`` was read from, when it was.
 
     Raises:
+        FactoryRefusedError: A factory named by a file, not allowed.
         SpecError, BindError, UsageError: From compiling.
     """
     from adaptlang.plan.compiler import compile_plan
+    from adaptlang.plan.models import refuse_factory
     from adaptlang.spec import load_spec
 
     if head is None and num_labels is not None:
         head = "sequence-classification"
     spec = load_spec(spec_path)
     ref = model or spec.model
+    if allow_factory is False or (allow_factory is None and model is None):
+        # Checked here, not in compile_plan: the reference is handed to it as an argument.
+        refuse_factory(ref, *(source or (str(spec_path), "its model statement")))
     plan = compile_plan(spec, ref, head=head, num_labels=num_labels)
     data = plan.to_dict()
     entry: dict[str, Any] = {
@@ -95,10 +103,15 @@ def lock_entry(spec_path: Path, model: str | None, head: str | None = None,
 
 
 def build_lock(specs: list[Path], models: list[str], lock_dir: Path, head: str | None = None,
-               num_labels: int | None = None) -> dict[str, Any]:
+               num_labels: int | None = None, *, allow_factory: bool = False) -> dict[str, Any]:
     """Builds the lock for every spec against every model (each spec's own model when none given).
 
     ``head``/``num_labels`` apply to every model of this lock (see :func:`lock_entry`).
+    ``models`` are the caller's own; ``allow_factory`` lets a spec's own
+    ``model`` statement name a factory.
+
+    Raises:
+        FactoryRefusedError: A spec names a factory and ``allow_factory`` is False.
     """
     from adaptlang import __version__
 
@@ -106,7 +119,8 @@ def build_lock(specs: list[Path], models: list[str], lock_dir: Path, head: str |
     for spec_path in specs:
         entries, spec_sha = {}, ""
         for model in models or [None]:
-            key, entry, spec_sha = lock_entry(spec_path, model, head, num_labels)
+            key, entry, spec_sha = lock_entry(spec_path, model, head, num_labels,
+                                              allow_factory=True if allow_factory else None)
             entries[key] = entry
         out[_relative(spec_path, lock_dir)] = {"spec_sha256": spec_sha, "models": entries}
     return {"lock_format": LOCK_FORMAT, "adaptlang_version": __version__, "grammar_sha256": grammar_sha256(),
@@ -170,14 +184,23 @@ def _count_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return lines
 
 
-def check_lock(lock: dict[str, Any], lock_dir: Path, only: list[Path] | None = None) -> list[Diagnostic]:
+def check_lock(lock: dict[str, Any], lock_dir: Path, only: list[Path] | None = None, *,
+               allow_factory: bool = False, lock_name: str = "adapt.lock") -> list[Diagnostic]:
     """Recompiles every locked (spec, model) pair; returns one diagnostic per drifted pair.
 
     Args:
         lock: A lock as :func:`read_lock` returns it.
         lock_dir: The lock file's folder (spec paths are relative to it).
         only: Check these specs only (each must be in the lock).
+        allow_factory: Let the lock's models (and the specs' own) be
+            ``pkg.module:factory`` references, which are run.
+        lock_name: The lock file, named when a factory is refused.
+
+    Raises:
+        FactoryRefusedError: A locked model is a factory and ``allow_factory``
+            is False (not drift: nothing was checked).
     """
+    from adaptlang.plan.models import FactoryRefusedError
     drift: list[Diagnostic] = []
     specs = lock["specs"]
     names = list(specs) if only is None else [_relative(p, lock_dir) for p in only]
@@ -191,9 +214,14 @@ def check_lock(lock: dict[str, Any], lock_dir: Path, only: list[Path] | None = N
             continue
         for model, old in specs[name]["models"].items():
             where = f"{name} (model {model})"
+            from_spec = bool(old.get("model_from_spec"))
             try:
-                key, new, spec_sha = lock_entry(path, None if old.get("model_from_spec") else model,
-                                                old.get("head"), old.get("num_labels"))
+                key, new, spec_sha = lock_entry(
+                    path, None if from_spec else model, old.get("head"), old.get("num_labels"),
+                    allow_factory=allow_factory,
+                    source=None if from_spec else (lock_name, f"the entry for {name}"))
+            except FactoryRefusedError:
+                raise
             except AdaptError as exc:
                 drift.append(Diagnostic(f"no longer compiles: {exc.diagnostics[0].message}", obj=where))
                 continue

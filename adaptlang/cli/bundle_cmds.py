@@ -27,6 +27,7 @@ import typer
 from rich.text import Text
 
 from adaptlang.cli.compile_cmds import CompileOutput
+from adaptlang.cli.head_args import ALLOW_FACTORY_OPTION
 from adaptlang.errors import Diagnostic, UsageError
 
 __all__ = ["export_command", "handle_compile_out", "import_peft_command", "register", "show_command"]
@@ -98,6 +99,7 @@ def import_peft_command(
     ),
     out: Path = typer.Option(Path("."), "--out", help="Where the .adapt spec and the bundle go."),
     name: Optional[str] = typer.Option(None, "--name", help="Task name (default: from the folder's name)."),
+    allow_factory: bool = ALLOW_FACTORY_OPTION,
 ) -> None:
     """Convert a PEFT adapter folder into a .adapt spec plus a bundle."""
     from adaptlang.bundles.peft_import import import_peft_adapter
@@ -105,7 +107,7 @@ def import_peft_command(
     if not folder.is_dir():
         raise UsageError(Diagnostic("no such folder" if not folder.exists() else "not a folder", obj=str(folder)))
     with reporting_warnings():
-        spec, bundle = import_peft_adapter(folder, model, out, name=name)
+        spec, bundle = import_peft_adapter(folder, model, out, name=name, allow_factory=allow_factory)
     note(f"wrote {spec} and {bundle}")
 
 
@@ -121,6 +123,10 @@ def handle_compile_out(output: CompileOutput) -> None:
         from adaptlang.spec import load_spec
 
         ref = load_spec(output.spec_path).model
+        if not output.allow_factory:  # compiling refused it already; loading weights must too
+            from adaptlang.plan.models import refuse_factory
+
+            refuse_factory(ref, str(output.spec_path), "its model statement")
     plan, paths, why = write_fresh_bundles(output.spec_path, ref, out_dir, output.overrides,
                                            head=output.head, num_labels=output.num_labels)
     write_atomic(out_dir / "plan.json", (plan or output.plan).to_json())

@@ -21,7 +21,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from adaptlang.cli.head_args import HEAD_OPTION, NUM_LABELS_OPTION, Head, head_kwargs
+from adaptlang.cli.head_args import ALLOW_FACTORY_OPTION, HEAD_OPTION, NUM_LABELS_OPTION, Head, head_kwargs
 from adaptlang.errors import Diagnostic, UsageError
 
 __all__ = [
@@ -59,6 +59,7 @@ class CompileOutput:
         out_dir: The ``--out`` folder (not created yet).
         head: The ``--head`` value (``"sequence-classification"``), or None.
         num_labels: The ``--num-labels`` value, or None.
+        allow_factory: ``--allow-factory``: the spec's own model may be a factory.
     """
 
     plan: Any
@@ -68,6 +69,7 @@ class CompileOutput:
     out_dir: Path = Path(".")
     head: Optional[str] = None
     num_labels: Optional[int] = None
+    allow_factory: bool = False
 
 
 OutHandler = Callable[[CompileOutput], None]
@@ -134,16 +136,25 @@ def parse_number(raw: str, item: str) -> float:
     return value
 
 
-def build_plan(spec: Path, model: Optional[str], overrides: dict[str, float], **head: Any) -> Any:
+def build_plan(spec: Path, model: Optional[str], overrides: dict[str, float], allow_factory: bool = False,
+               **head: Any) -> Any:
     """Compiles ``spec`` against ``model`` (torch is imported here, not before).
 
     ``head`` holds ``head``/``num_labels`` for ``compile_plan`` (see :func:`head_kwargs`).
+    ``model`` (``--model``) is the user's own; the spec's ``model`` statement
+    may name a factory only with ``allow_factory`` (``--allow-factory``).
+
+    Raises:
+        FactoryRefusedError: The spec names a factory without ``--allow-factory``.
     """
     from adaptlang.plan.compiler import compile_plan
 
+    kwargs: dict[str, Any] = dict(head)
     if overrides:
-        return compile_plan(spec, model, overrides=overrides, **head)
-    return compile_plan(spec, model, **head)
+        kwargs["overrides"] = overrides
+    if allow_factory:
+        kwargs["allow_factory"] = True
+    return compile_plan(spec, model, **kwargs)
 
 
 def compile_command(
@@ -167,6 +178,7 @@ def compile_command(
     ),
     head: Optional[Head] = HEAD_OPTION,
     num_labels: Optional[int] = NUM_LABELS_OPTION,
+    allow_factory: bool = ALLOW_FACTORY_OPTION,
 ) -> None:
     """Bind a spec to a model and show the plan: deltas, tasks, parameters, memory."""
     from adaptlang.cli.output import write_atomic, write_stdout
@@ -178,7 +190,7 @@ def compile_command(
             "--out needs the bundles extension (adaptlang.cli.bundle_cmds), which is not installed",
             obj="--out"))
     heads = head_kwargs(head, num_labels)
-    plan = build_plan(spec, model, overrides, **heads)
+    plan = build_plan(spec, model, overrides, allow_factory, **heads)
     if fmt is OutputFormat.table:
         text = plan.summary()
     elif fmt is OutputFormat.json:
@@ -192,7 +204,7 @@ def compile_command(
         write_stdout(text)
     if out_dir is not None and _out_handler is not None:
         _out_handler(CompileOutput(plan=plan, spec_path=spec, model=model, overrides=overrides,
-                                   out_dir=out_dir, **heads))
+                                   out_dir=out_dir, allow_factory=allow_factory, **heads))
 
 
 def check_command(
@@ -202,6 +214,7 @@ def check_command(
     ),
     head: Optional[Head] = HEAD_OPTION,
     num_labels: Optional[int] = NUM_LABELS_OPTION,
+    allow_factory: bool = ALLOW_FACTORY_OPTION,
 ) -> None:
     """Parse and check a spec; with --model (or --head), bind it to the model too."""
     require_file(spec)
@@ -212,7 +225,7 @@ def check_command(
         loaded = load_spec(spec)
         typer.echo(f"ok: {plural(len(loaded.deltas), 'delta')}, {plural(len(loaded.tasks), 'task')}")
         return
-    data = build_plan(spec, model, {}, **heads).to_dict()
+    data = build_plan(spec, model, {}, allow_factory, **heads).to_dict()
     info = data.get("model", {})
     typer.echo(
         f"ok: {plural(len(data.get('deltas', {})), 'delta')}, "

@@ -26,7 +26,7 @@ from typing import Any, List, Optional
 import typer
 from rich.text import Text
 
-from adaptlang.cli.head_args import HEAD_OPTION, NUM_LABELS_OPTION, Head, head_kwargs
+from adaptlang.cli.head_args import ALLOW_FACTORY_OPTION, HEAD_OPTION, NUM_LABELS_OPTION, Head, head_kwargs
 from adaptlang.errors import Diagnostic, UsageError
 
 __all__ = ["diff_command", "lock_command", "read_operand", "register"]
@@ -107,6 +107,7 @@ def diff_command(
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when the specs differ (as git diff)."),
     head: Optional[Head] = HEAD_OPTION,
     num_labels: Optional[int] = NUM_LABELS_OPTION,
+    allow_factory: bool = ALLOW_FACTORY_OPTION,
 ) -> None:
     """Show what changed between two specs: deltas, tasks, sites and parameter counts."""
     from adaptlang.bundles.specdiff import SpecDiff, diff_plans, diff_specs, render_diff
@@ -116,8 +117,10 @@ def diff_command(
         old_spec = read_operand(old, Path(scratch) / "old")
         new_spec = read_operand(new, Path(scratch) / "new")
         result = SpecDiff(spec=diff_specs(old_spec, new_spec))
-        heads = head_kwargs(head, num_labels)
-        if model is not None or heads:  # --head alone: each spec's own model, with that head
+        heads: dict[str, Any] = head_kwargs(head, num_labels)
+        if allow_factory:
+            heads["allow_factory"] = True
+        if model is not None or head is not None or num_labels is not None:  # --head alone: each spec's own model, with that head
             from adaptlang.plan.compiler import compile_plan
 
             result.plan = diff_plans(compile_plan(old_spec, model, **heads), compile_plan(new_spec, model, **heads))
@@ -136,6 +139,7 @@ def lock_command(
     lockfile: Path = typer.Option(Path("adapt.lock"), "--lockfile", help="The lock file."),
     head: Optional[Head] = HEAD_OPTION,
     num_labels: Optional[int] = NUM_LABELS_OPTION,
+    allow_factory: bool = ALLOW_FACTORY_OPTION,
 ) -> None:
     """Record (or --check) the plan each spec compiles to, per model, in adapt.lock.
 
@@ -152,7 +156,8 @@ def lock_command(
             raise UsageError(Diagnostic("--head and --num-labels are read from the lock with --check",
                                         obj="--head", hint="drop them: each entry records the head it was built with"))
         lock = read_lock(lockfile)
-        drift = check_lock(lock, lock_dir, list(specs) if specs else None)
+        drift = check_lock(lock, lock_dir, list(specs) if specs else None, allow_factory=allow_factory,
+                           lock_name=str(lockfile))
         if drift:
             print_diagnostics(drift)
             raise typer.Exit(1)
@@ -164,7 +169,7 @@ def lock_command(
     for spec in specs:
         if not spec.is_file():
             raise UsageError(Diagnostic("no such file", obj=str(spec)))
-    lock = build_lock(list(specs), list(models or []), lock_dir, **heads)
+    lock = build_lock(list(specs), list(models or []), lock_dir, **heads, allow_factory=allow_factory)
     write_atomic(lockfile, lock_json(lock))
     count = sum(len(entry["models"]) for entry in lock["specs"].values())
     error_console().print(Text(f"wrote {lockfile} ({count} plans)"))

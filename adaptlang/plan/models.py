@@ -36,11 +36,65 @@ from torch import nn
 from adaptlang.errors import Diagnostic, UsageError, did_you_mean
 from adaptlang.plan.presets import PRESETS, Preset, list_presets
 
-__all__ = ["HEADS", "Preset", "PRESETS", "head_class", "list_presets", "load_model"]
+__all__ = ["ALLOW_FACTORY_FLAG", "FactoryRefusedError", "HEADS", "Preset", "PRESETS", "head_class",
+           "is_factory_ref", "list_presets", "load_model", "refuse_factory"]
 
 
 #: ``package.module:factory`` (dotted identifiers on both sides of one colon).
 _FACTORY_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+#: The command-line flag that lets a model reference read from a file name a factory.
+ALLOW_FACTORY_FLAG = "--allow-factory"
+
+
+class FactoryRefusedError(UsageError):
+    """A ``pkg.module:factory`` reference read from a file, which is not run without the user's consent.
+
+    Importing a module and calling one of its functions runs arbitrary code
+    (``os:abort`` kills the process, ``sys:exit`` ends it with status 0), so a
+    factory runs only when the user names it (``--model``, or a reference
+    passed from Python) or opts in for files (``--allow-factory``,
+    ``allow_factory=True``). A usage error: exit 2.
+    """
+
+
+def is_factory_ref(ref: Any) -> bool:
+    """True when ``ref`` would be loaded as ``package.module:factory`` (not a preset nor an existing path)."""
+    if not isinstance(ref, str):
+        return False
+    ref = ref.strip()
+    if ref in PRESETS or not _FACTORY_REF.match(ref):
+        return False
+    try:
+        return not Path(ref).expanduser().exists()
+    except (OSError, ValueError):
+        return True
+
+
+def refuse_factory(ref: Any, where: str, what: str = "the model reference") -> None:
+    """Raises :class:`FactoryRefusedError` when ``ref``, read from a file, names a factory.
+
+    Args:
+        ref: A model reference read from a file.
+        where: The file it was read from (``"s.adapt"``, ``"adapt.lock"``),
+            named first in the message, like any located error.
+        what: What in that file holds it (``"the model statement"``).
+
+    Raises:
+        FactoryRefusedError: ``ref`` is ``package.module:factory``.
+    """
+    if is_factory_ref(ref):
+        shown = str(ref).strip()
+        raise FactoryRefusedError(Diagnostic(
+            f"{what} names the Python factory '{shown}'; importing it would run code that a file chose, "
+            "which adaptlang does not do unless told to", obj=where,
+            hint=f"if you trust this file, pass {ALLOW_FACTORY_OPTION_HINT}; or name the model yourself "
+                 "with --model"))
+
+
+#: How to allow a factory named by a file, from the command line and from Python.
+ALLOW_FACTORY_OPTION_HINT = f"{ALLOW_FACTORY_FLAG} (allow_factory=True from Python)"
 
 
 #: ``--head`` values: the task head a model is built with, by its ``transformers`` Auto class.
@@ -94,7 +148,8 @@ def _head_config(config: Any, head: str | None, num_labels: int | None, obj: str
 
 
 def load_model(ref: str, device: str = "meta", dtype: Any = None, *, head: str | None = None,
-               num_labels: int | None = None) -> tuple[nn.Module, str]:
+               num_labels: int | None = None, allow_factory: bool = True,
+               source: str | None = None, what: str = "the model reference") -> tuple[nn.Module, str]:
     """Builds a model from a preset name, a Hugging Face directory or a factory.
 
     Every call returns a fresh module (callers may patch it).
@@ -114,12 +169,20 @@ def load_model(ref: str, device: str = "meta", dtype: Any = None, *, head: str |
             ``BertForSequenceClassification``). Not for factories.
         num_labels: The classification head's number of labels (with
             ``head="sequence-classification"``; transformers' default is 2).
+        allow_factory: Whether a ``package.module:factory`` may be imported
+            and called. True by default, for a caller that names ``ref``
+            itself; a caller passing a reference *read from a file* (a
+            spec, a lock, an adapter config, a bundle) passes False unless
+            the user opted in (``--allow-factory``).
+        source: The file ``ref`` was read from, and ``what`` in it held
+            it: both named when a factory is refused.
 
     Returns:
         ``(module, name)``: the model and its name (the preset name, the
         directory as given, the factory reference, or the hub id).
 
     Raises:
+        FactoryRefusedError: ``ref`` is a factory and ``allow_factory`` is False.
         UsageError: An unknown name, a directory without a usable
             ``config.json``, a factory that cannot be imported, fails, or
             does not return an ``nn.Module``, or a hub id that cannot be
@@ -135,6 +198,8 @@ def load_model(ref: str, device: str = "meta", dtype: Any = None, *, head: str |
     if path.exists():
         return _load_directory(path, device, wanted, head, num_labels), ref
     if _FACTORY_REF.match(ref):
+        if not allow_factory:
+            refuse_factory(ref, source or "a file", what)
         if head is not None:
             raise UsageError(Diagnostic(f"--head does not apply to a model factory ('{ref}')", obj=ref,
                                         hint="a factory builds its own head; return the model with it"))
@@ -322,7 +387,7 @@ def _load_factory(ref: str, device: str, dtype: torch.dtype | None) -> nn.Module
     module_name, _, attr = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or anything the module raises on import
+    except (Exception, SystemExit) as exc:  # ImportError, or anything the module raises on import
         raise UsageError(Diagnostic(f"cannot import '{module_name}' for model '{ref}': {exc}",
                                     obj=ref, hint="is the package installed, or on PYTHONPATH?")) from None
     factory: Any = module
@@ -337,7 +402,7 @@ def _load_factory(ref: str, device: str, dtype: torch.dtype | None) -> nn.Module
     try:
         with _building(device, dtype):
             model = factory()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit from a factory must not end adaptc with its status
         # On meta, loading weights (from_pretrained, torch.load, a tensor copy) is what usually fails.
         hint = ("compile builds the model on the meta device (no weights); a factory used with adaptc "
                 "compile should build from a config, not load weights") if str(device) == "meta" else None
