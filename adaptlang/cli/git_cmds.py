@@ -33,9 +33,15 @@ __all__ = ["diff_command", "lock_command", "read_operand", "register"]
 
 
 def _git(args: list[str], what: str) -> str:
-    """Runs git in the working directory and returns stdout; failures are usage errors."""
+    """Runs git in the working directory and returns stdout; failures are usage errors.
+
+    Callers put ``--end-of-options`` before any operand that came from the
+    user, so a revision spelt like an option (``--output=FILE``) is never
+    read as one (git 2.24 and later).
+    """
     try:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+        done = subprocess.run(["git", *args], capture_output=True, text=True, check=False,
+                              encoding="utf-8", errors="replace")
     except OSError as exc:
         raise UsageError(Diagnostic(f"cannot run git: {exc}", obj=what)) from None
     if done.returncode != 0:
@@ -47,8 +53,8 @@ def _git(args: list[str], what: str) -> str:
     return done.stdout
 
 
-def _uses(text: str, label: str) -> list[str]:
-    """Paths a spec text ``use``s (an unparsable spec reports itself later)."""
+def _uses(text: str, label: str) -> list[Any]:
+    """The ``use`` statements of a spec text (an unparsable spec reports itself later)."""
     from adaptlang.errors import AdaptError
     from adaptlang.syntax import ast
     from adaptlang.syntax.parser import parse_text
@@ -57,7 +63,55 @@ def _uses(text: str, label: str) -> list[str]:
         module = parse_text(text, label)
     except AdaptError:
         return []
-    return [s.path for s in module.statements if isinstance(s, ast.Use)]
+    return [s for s in module.statements if isinstance(s, ast.Use)]
+
+
+def split_operand(operand: str) -> tuple[str, str]:
+    """Splits ``REV:path`` and checks both halves before git sees them.
+
+    Raises:
+        UsageError: An empty path, a revision that starts with ``-`` (git
+            would read it as an option), or a NUL or newline in either part.
+    """
+    rev, _, path = operand.partition(":")
+    bad = next((c for c in ("\0", "\n", "\r") if c in operand), None)
+    if bad is not None or rev.startswith("-") or not path:
+        why = ("a revision cannot start with '-'" if rev.startswith("-") else
+               "no path after the colon" if not path else "control characters are not allowed")
+        raise UsageError(Diagnostic(f"invalid REV:path operand: {why}", obj=operand,
+                                    hint="give a spec file, or REV:path such as HEAD~1:specs/x.adapt"))
+    return rev, path
+
+
+def _inside(rel: str, operand: str, scratch: Path, use: Any = None, text: str = "") -> Path:
+    """Returns where ``rel`` (a repository path) goes under ``scratch``, refusing any path that leaves it.
+
+    The files of a revision are written into a fresh temporary folder; a
+    path that is absolute, climbs above the repository root with ``..``,
+    or resolves (through a symbolic link) outside the folder would write
+    somewhere the user never named.
+
+    Raises:
+        SpecError: A committed ``use`` that leaves the repository (its span).
+        UsageError: A ``REV:path`` operand that does.
+    """
+    from adaptlang.errors import SpecError, Span
+
+    root = scratch.resolve()
+    norm = os.path.normpath(rel) if rel else rel
+    target = (scratch / norm).resolve() if norm else root
+    escapes = (not norm or os.path.isabs(rel) or norm == os.pardir or norm.startswith(os.pardir + os.sep)
+               or (target != root and root not in target.parents))
+    if not escapes:
+        return target
+    if use is None:
+        raise UsageError(Diagnostic(f"the path '{rel}' leaves the repository", obj=operand,
+                                    hint="REV:path names a file inside the repository"))
+    span: Span = use.span
+    raise SpecError(Diagnostic(
+        f"use \"{use.path}\" leaves the repository at that revision, so it cannot be read from git",
+        span=span, hint="a spec read from a revision may use files inside the repository only"
+                        ).with_source(text))
 
 
 def read_operand(operand: str, scratch: Path) -> Any:
@@ -65,10 +119,15 @@ def read_operand(operand: str, scratch: Path) -> Any:
 
     Args:
         operand: The command-line operand.
-        scratch: A temporary folder for files read from git.
+        scratch: A temporary folder for files read from git; nothing is
+            written anywhere else.
 
     Returns:
         The checked Spec (diagnostics name ``REV:path``).
+
+    Raises:
+        UsageError: A missing file, an invalid operand, a git failure.
+        SpecError: The spec, or a ``use`` that leaves the repository.
     """
     from adaptlang.spec import load_spec
     from adaptlang.spec.lower import lower_text
@@ -77,24 +136,30 @@ def read_operand(operand: str, scratch: Path) -> Any:
         if not Path(operand).is_file():
             raise UsageError(Diagnostic("no such file", obj=operand, hint="give a spec file or REV:path"))
         return load_spec(Path(operand))
-    rev, _, path = operand.partition(":")
+    rev, path = split_operand(operand)
     if path.startswith(("./", "../")):  # git reads these relative to the working directory
         prefix = _git(["rev-parse", "--show-prefix"], operand).strip()
         path = os.path.normpath(os.path.join(prefix, path)).replace(os.sep, "/")
-    pending, root_text = [path], None
+    scratch.mkdir(parents=True, exist_ok=True)
+    _inside(path, operand, scratch)
+    pending: list[tuple[str, Any, str]] = [(path, None, "")]
     seen: set[str] = set()
+    root_text = None
     while pending:  # the root, then every file it uses, from the same revision
-        rel = pending.pop()
+        rel, use, user_text = pending.pop()
+        target = _inside(rel, operand, scratch, use, user_text)
         if rel in seen:
             continue
         seen.add(rel)
-        text = _git(["show", f"{rev}:{rel}"], f"{rev}:{rel}")
-        target = scratch / rel
+        text = _git(["show", "--end-of-options", f"{rev}:{rel}"], f"{rev}:{rel}")
         target.parent.mkdir(parents=True, exist_ok=True)
+        _inside(rel, operand, scratch, use, user_text)  # the folders just made hold no link out
         target.write_text(text, encoding="utf-8")
         root_text = text if rel == path else root_text
-        pending += [os.path.normpath(os.path.join(os.path.dirname(rel), u)).replace(os.sep, "/")
-                    for u in _uses(text, rel)]
+        for found in _uses(text, f"{rev}:{rel}"):
+            joined = os.path.join(os.path.dirname(rel), found.path)
+            pending.append((joined if os.path.isabs(found.path) else
+                            os.path.normpath(joined).replace(os.sep, "/"), found, text))
     return lower_text(root_text or "", operand, (scratch / path).parent)
 
 
