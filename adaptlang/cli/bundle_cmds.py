@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import typer
-from rich.text import Text
 
 from adaptlang.cli.compile_cmds import CompileOutput
 from adaptlang.cli.head_args import ALLOW_FACTORY_OPTION
@@ -53,9 +52,9 @@ def reporting_warnings() -> Iterator[None]:
 
 def note(text: str) -> None:
     """Prints a progress line to stderr (stdout stays for data)."""
-    from adaptlang.cli.output import error_console
+    from adaptlang.cli.output import error_console, plain
 
-    error_console().print(Text(text))
+    error_console().print(plain(text))
 
 
 def show_command(
@@ -71,9 +70,9 @@ def show_command(
 
     if as_json:
         manifest = read_bundle(bundle).manifest if verify else read_manifest(bundle)
-        write_stdout(json.dumps(manifest, sort_keys=True, indent=2) + "\n")
+        write_stdout(json.dumps(manifest, sort_keys=True, indent=2) + "\n", json=True)
         return
-    write_stdout(describe_file(bundle, verify=verify))
+    write_stdout(describe_file(bundle, verify=verify))  # the embedded spec's control characters escaped
 
 
 def export_command(

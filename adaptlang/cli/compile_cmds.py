@@ -201,7 +201,7 @@ def compile_command(
     if output is not None:
         write_atomic(output, text or "")
     elif text is not None:
-        write_stdout(text)
+        write_stdout(text, json=fmt is OutputFormat.json)
     if out_dir is not None and _out_handler is not None:
         _out_handler(CompileOutput(plan=plan, spec_path=spec, model=model, overrides=overrides,
                                    out_dir=out_dir, allow_factory=allow_factory, **heads))
@@ -227,11 +227,13 @@ def check_command(
         return
     data = build_plan(spec, model, {}, allow_factory, **heads).to_dict()
     info = data.get("model", {})
-    typer.echo(
+    from adaptlang.errors import escape_controls
+
+    typer.echo(escape_controls(
         f"ok: {plural(len(data.get('deltas', {})), 'delta')}, "
         f"{plural(len(data.get('tasks', {})), 'task')}; "
         f"bound to {info.get('name', model)} ({info.get('cls', '?')})"
-    )
+    ))
 
 
 def plural(n: int, word: str) -> str:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich.text import Text
 
 from adaptlang.cli.head_args import ALLOW_FACTORY_OPTION, HEAD_OPTION, NUM_LABELS_OPTION, Head, head_kwargs
 from adaptlang.errors import Diagnostic, UsageError
@@ -212,7 +211,7 @@ def lock_command(
     entry; ``--check`` rebuilds each entry with the head it recorded.
     """
     from adaptlang.bundles.lockfile import build_lock, check_lock, lock_json, read_lock
-    from adaptlang.cli.output import error_console, print_diagnostics, write_atomic
+    from adaptlang.cli.output import error_console, plain, print_diagnostics, write_atomic
 
     lock_dir = lockfile.parent if str(lockfile.parent) else Path(".")
     heads = head_kwargs(head, num_labels)
@@ -227,7 +226,7 @@ def lock_command(
             print_diagnostics(drift)
             raise typer.Exit(1)
         count = sum(len(entry["models"]) for entry in lock["specs"].values())
-        error_console().print(Text(f"{lockfile} is up to date ({count} plans)"))
+        error_console().print(plain(f"{lockfile} is up to date ({count} plans)"))
         return
     if not specs:
         raise UsageError(Diagnostic("no spec to lock", obj="lock", hint="adaptc lock SPEC... --model M"))
@@ -237,7 +236,7 @@ def lock_command(
     lock = build_lock(list(specs), list(models or []), lock_dir, **heads, allow_factory=allow_factory)
     write_atomic(lockfile, lock_json(lock))
     count = sum(len(entry["models"]) for entry in lock["specs"].values())
-    error_console().print(Text(f"wrote {lockfile} ({count} plans)"))
+    error_console().print(plain(f"wrote {lockfile} ({count} plans)"))
 
 
 def register(app: typer.Typer) -> None:

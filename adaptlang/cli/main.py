@@ -86,12 +86,12 @@ class AdaptGroup(TyperGroup):
 
 def report_internal_error(exc: BaseException) -> None:
     """Prints a short internal-error notice; the traceback only with ADAPTLANG_DEBUG=1."""
-    from adaptlang.cli.output import error_console
+    from adaptlang.cli.output import error_console, plain
 
     console = error_console()
-    console.print(f"adaptc: internal error: {type(exc).__name__}: {exc}")
+    console.print(plain(f"adaptc: internal error: {type(exc).__name__}: {exc}"))
     if debug_enabled():
-        console.print("".join(traceback.format_exception(exc)).rstrip("\n"))
+        console.print(plain("".join(traceback.format_exception(exc)).rstrip("\n")))
     else:
         console.print("  note: this is a bug in adaptc; rerun with ADAPTLANG_DEBUG=1 for the traceback")
 

@@ -5,6 +5,13 @@ Everything a command shows goes through here, so that user-controlled text
 their ``file:line:col: error:`` text and caret alignment intact, and
 machine-readable output (plan JSON, DOT) reaches stdout byte for byte.
 
+Text that came from a file (spec source, names, paths, a bundle's embedded
+spec) may hold terminal control sequences; whatever reaches the terminal
+shows them as escapes (:func:`adaptlang.errors.escape_controls`): ``plain``
+for rich text, ``write_stdout`` for data (JSON gets ``\\u001b``, which
+keeps it valid and equal). Only ``raw=True`` writes bytes as they are, for
+output that is a file's content on purpose and not going to a terminal.
+
 Only the CLI prints; library layers return values or raise
 :class:`~adaptlang.errors.AdaptError`.
 """
@@ -20,13 +27,14 @@ from typing import Iterable
 from rich.console import Console
 from rich.text import Text
 
-from adaptlang.errors import AdaptError, Diagnostic
+from adaptlang.errors import AdaptError, Diagnostic, escape_controls
 
 __all__ = [
     "error_console",
     "format_bytes",
     "format_count",
     "format_share",
+    "plain",
     "print_diagnostics",
     "print_error",
     "stdout_console",
@@ -125,9 +133,23 @@ def attach_source(diag: Diagnostic) -> Diagnostic:
     return diag
 
 
-def write_stdout(text: str) -> None:
-    """Writes ``text`` to stdout exactly as given (no wrapping, no colour, no newline added)."""
-    sys.stdout.write(text)
+def plain(text: object, style: str = "") -> Text:
+    """Returns ``text`` as rich ``Text`` (never markup) with control characters escaped."""
+    return Text(escape_controls(str(text)), style=style)
+
+
+def write_stdout(text: str, *, json: bool = False, raw: bool = False) -> None:
+    """Writes ``text`` to stdout as given (no wrapping, no colour, no newline added).
+
+    Args:
+        text: What to write.
+        json: ``text`` is JSON: control characters become ``\\u00XX``, the
+            same string to a JSON reader (only DEL and C1 can be raw in
+            ``json.dumps`` output).
+        raw: Write control characters as they are: for output that is a
+            file's bytes by request (``fmt -o -`` into a pipe).
+    """
+    sys.stdout.write(text if raw else escape_controls(text, json=json))
     sys.stdout.flush()
 
 

@@ -64,7 +64,7 @@ def predict_command(
     id_field: str = typer.Option("id", "--id-field", help="A column copied into each result as 'id' when present."),
 ) -> None:
     """Predict every row of a data file with trained bundles; write one JSON line per row, in input order."""
-    from adaptlang.cli.output import error_console, stdout_console, write_atomic, write_stdout
+    from adaptlang.cli.output import error_console, plain, stdout_console, write_atomic, write_stdout
     from adaptlang.training.predict import PredictConfig, predict, to_jsonl
 
     if out is not None:
@@ -82,16 +82,16 @@ def predict_command(
         if bar is not None:
             bar.stop()
     for note in result.notes:
-        console.print(Text("warning: ", style="bold yellow") + Text(note))
+        console.print(Text("warning: ", style="bold yellow") + plain(note))
     text = to_jsonl(result.rows)
     if out is None:
-        write_stdout(text)
+        write_stdout(text, json=True)
         return
     try:
         write_atomic(out, text)
     except OSError as exc:
         raise UsageError(Diagnostic(f"cannot write {out}: {exc.strerror or exc}", obj=str(out))) from None
-    stdout_console().print(Text(f"wrote {len(result.rows)} predictions to {out}"))
+    stdout_console().print(plain(f"wrote {len(result.rows)} predictions to {out}"))
 
 
 class _Bar:

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import typer
 from rich.text import Text
 
+from adaptlang.cli.output import plain
 from adaptlang.errors import AdaptError, Diagnostic, UsageError
 
 __all__ = ["RichReporter", "register", "train_command"]
@@ -45,10 +46,10 @@ class RichReporter:
         self.last_checkpoint: str | None = None
 
     def note(self, text: str) -> None:
-        self.console.print(Text(text, style="dim"))
+        self.console.print(plain(text, style="dim"))
 
     def warning(self, text: str) -> None:
-        self.console.print(Text("warning: ", style="bold yellow") + Text(text))
+        self.console.print(Text("warning: ", style="bold yellow") + plain(text))
 
     def evaluated(self, stage: str, metrics: dict[str, float]) -> None:
         if stage == "before":
@@ -181,7 +182,7 @@ def train_command(
         if isinstance(reporter, RichReporter):
             reporter.stop()
     if main:
-        stdout_console().print(Text(f"wrote {result.bundle}"))
+        stdout_console().print(plain(f"wrote {result.bundle}"))
 
 
 def register(app: typer.Typer) -> None:
