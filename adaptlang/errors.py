@@ -39,8 +39,10 @@ __all__ = [
 #: newline (ESC starts colour, clear-screen, title and hyperlink sequences;
 #: CR and BS overwrite), DEL, the C1 controls (U+0080-U+009F; U+009B is a
 #: one-character CSI), and the bidirectional overrides and isolates that
-#: reorder what is shown ("Trojan Source").
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+#: reorder what is shown ("Trojan Source"); also lone surrogates, which is how
+#: Python holds the bytes of a file name that is not UTF-8, and which a UTF-8
+#: stream cannot write.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def escape_controls(text: str, *, json: bool = False) -> str:

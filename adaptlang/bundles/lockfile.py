@@ -31,7 +31,7 @@ from typing import Any
 
 from adaptlang.errors import AdaptError, Diagnostic, UsageError
 
-__all__ = ["LOCK_FORMAT", "build_lock", "check_lock", "lock_entry", "lock_json", "read_lock"]
+__all__ = ["LOCK_FORMAT", "build_lock", "check_lock", "lock_entry", "lock_json", "parse_lock", "read_lock"]
 
 LOCK_FORMAT = 1
 
@@ -138,17 +138,73 @@ def read_lock(path: Path) -> dict[str, Any]:
     Raises:
         UsageError: Missing, not JSON, or not a lock this adaptlang writes.
     """
+    if path.is_dir():
+        raise UsageError(Diagnostic("the lock file is a folder", obj=str(path),
+                                    hint="--lockfile names a file, e.g. adapt.lock"))
     if not path.is_file():
         raise UsageError(Diagnostic("no lock file", obj=str(path),
                                     hint="create it with `adaptc lock SPEC... --model M`"))
     try:
-        lock = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except (OSError, ValueError) as exc:
         raise UsageError(Diagnostic(f"cannot read the lock file: {exc}", obj=str(path))) from None
+    return parse_lock(text, str(path))
+
+
+def parse_lock(text: str, name: str) -> dict[str, Any]:
+    """Parses and checks the text of a lock file (``name`` is what errors call it).
+
+    Raises:
+        UsageError: Not JSON, or not a lock this adaptlang writes.
+    """
+    try:
+        lock = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(Diagnostic(f"cannot read the lock file: {exc}", obj=name)) from None
     if not isinstance(lock, dict) or lock.get("lock_format") != LOCK_FORMAT or not isinstance(lock.get("specs"), dict):
-        raise UsageError(Diagnostic("not an adaptlang lock file (or a newer format)", obj=str(path),
+        raise UsageError(Diagnostic("not an adaptlang lock file (or a newer format)", obj=name,
+                                    hint="regenerate it with `adaptc lock`"))
+    problem = _lock_problem(lock)
+    if problem:
+        raise UsageError(Diagnostic(f"a malformed lock file: {problem}", obj=name,
                                     hint="regenerate it with `adaptc lock`"))
     return lock
+
+
+#: What each locked (spec, model) entry holds, with the JSON types a check reads.
+_ENTRY_FIELDS = {"plan_sha256": str, "fingerprint": str, "deltas": dict, "tasks": dict}
+
+
+def _lock_problem(lock: dict[str, Any]) -> str | None:
+    """Returns what is wrong with a parsed lock's shape, or None.
+
+    A lock comes from a repository, maybe a stranger's: every field the
+    check reads is checked here, so a bad one is a usage error rather than
+    a crash, and spec names must be ``.adapt`` files (a lock may not point
+    the check at ``/proc/self/environ`` and have it quoted in an error).
+    """
+    for spec, entry in lock["specs"].items():
+        if not spec.endswith(".adapt"):
+            return f"spec '{spec}' is not a .adapt file"
+        if not isinstance(entry, dict) or not isinstance(entry.get("models"), dict):
+            return f"spec '{spec}' has no 'models' object"
+        if not isinstance(entry.get("spec_sha256", ""), str):
+            return f"spec '{spec}': spec_sha256 is not a string"
+        for model, fields in entry["models"].items():
+            if not isinstance(fields, dict):
+                return f"spec '{spec}', model '{model}' is not an object"
+            for key, kind in _ENTRY_FIELDS.items():
+                if not isinstance(fields.get(key), kind):
+                    return f"spec '{spec}', model '{model}': '{key}' is missing or not a {kind.__name__}"
+            for section in ("deltas", "tasks"):
+                if not all(isinstance(v, dict) for v in fields[section].values()):
+                    return f"spec '{spec}', model '{model}': '{section}' holds a non-object"
+            head, labels = fields.get("head"), fields.get("num_labels")
+            if head is not None and not isinstance(head, str):
+                return f"spec '{spec}', model '{model}': 'head' is not a string"
+            if labels is not None and (not isinstance(labels, int) or isinstance(labels, bool) or labels < 1):
+                return f"spec '{spec}', model '{model}': 'num_labels' is not a positive integer"
+    return None
 
 
 def _causes(lock: dict[str, Any], old: dict[str, Any], spec_changed: bool, new: dict[str, Any]) -> list[str]:
@@ -167,6 +223,11 @@ def _causes(lock: dict[str, Any], old: dict[str, Any], spec_changed: bool, new: 
     return causes or ["the compiler's output changed for the same spec, model and grammar"]
 
 
+def _count(value: Any) -> str:
+    """A count as the drift report shows it (a lock's value may be anything JSON holds)."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+
+
 def _count_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Lines for deltas and tasks added, removed or recounted."""
     lines = []
@@ -178,7 +239,7 @@ def _count_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             elif name not in b:
                 lines.append(f"{section} '{name}' removed")
             elif a[name] != b[name]:
-                moved = ", ".join(f"{k} {a[name].get(k, 0):,} -> {b[name].get(k, 0):,}" for k in keys
+                moved = ", ".join(f"{k} {_count(a[name].get(k, 0))} -> {_count(b[name].get(k, 0))}" for k in keys
                                   if a[name].get(k) != b[name].get(k))
                 lines.append(f"{section} '{name}': {moved or 'settings changed'}")
     return lines

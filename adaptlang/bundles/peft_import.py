@@ -235,7 +235,9 @@ def import_peft_adapter(folder: Any, model: Any, out: Any, name: str | None = No
         raise UsageError(Diagnostic("no base model: the adapter names none", obj=str(folder),
                                     hint="pass --model (a preset, a model folder, a hub id or pkg.module:factory)"))
     header = "adaptlang 1\n" + (f"model {render_string(ref)}\n" if isinstance(ref, str) else "")
-    text = f"# Imported from the PEFT adapter '{folder.name}' ({kind}).\n{header}\n{block}\ntask {task} = {delta}\n"
+    # A folder name need not be UTF-8 (bytes the OS gave as surrogates): the spec shows those bytes as \xNN.
+    shown = folder.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = f"# Imported from the PEFT adapter '{shown}' ({kind}).\n{header}\n{block}\ntask {task} = {delta}\n"
     spec_name = f"{task}.adapt"
     text = format_text(text, spec_name)
     spec = lower_text(text, spec_name, Path("."))

@@ -77,7 +77,7 @@ def show_command(
 
 def export_command(
     bundle: Path = typer.Argument(..., help="A bundle (.safetensors).", show_default=False),
-    out: Path = typer.Argument(..., help="The adapter folder to write.", show_default=False),
+    out: str = typer.Argument(..., help="The adapter folder to write.", show_default=False),
     to: ExportFormat = typer.Option(..., "--to", help="The format: peft."),
     base_model: Optional[str] = typer.Option(
         None, "--base-model", help="base_model_name_or_path in adapter_config.json (default: the plan's model).",
@@ -85,9 +85,11 @@ def export_command(
 ) -> None:
     """Export a bundle's task as a PEFT adapter (adapter_config.json + adapter_model.safetensors)."""
     from adaptlang.bundles.peft_export import export_bundle
+    from adaptlang.cli.output import output_folder
 
+    target = output_folder(out, "OUT")
     with reporting_warnings():
-        folder = export_bundle(bundle, out, base_model=base_model)
+        folder = export_bundle(bundle, target, base_model=base_model)
     note(f"wrote a PEFT adapter to {folder}")
 
 
@@ -96,17 +98,19 @@ def import_peft_command(
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="The base model (default: the adapter's base_model_name_or_path).",
     ),
-    out: Path = typer.Option(Path("."), "--out", help="Where the .adapt spec and the bundle go."),
+    out: str = typer.Option(".", "--out", help="Where the .adapt spec and the bundle go."),
     name: Optional[str] = typer.Option(None, "--name", help="Task name (default: from the folder's name)."),
     allow_factory: bool = ALLOW_FACTORY_OPTION,
 ) -> None:
     """Convert a PEFT adapter folder into a .adapt spec plus a bundle."""
     from adaptlang.bundles.peft_import import import_peft_adapter
+    from adaptlang.cli.output import output_folder
 
+    target = output_folder(out, "--out")
     if not folder.is_dir():
         raise UsageError(Diagnostic("no such folder" if not folder.exists() else "not a folder", obj=str(folder)))
     with reporting_warnings():
-        spec, bundle = import_peft_adapter(folder, model, out, name=name, allow_factory=allow_factory)
+        spec, bundle = import_peft_adapter(folder, model, target, name=name, allow_factory=allow_factory)
     note(f"wrote {spec} and {bundle}")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -121,18 +122,35 @@ def parse_overrides(items: Optional[List[str]]) -> dict[str, float]:
 
 
 def parse_number(raw: str, item: str) -> float:
-    """Parses the value of a ``--set`` item as an int or a finite float."""
+    """Parses the value of a ``--set`` item as an int or a finite float.
+
+    Raises:
+        UsageError: Not a number, not finite (``inf``, ``nan``, ``1e400``), an
+            integer past the float range (every constant may feed a float),
+            or longer than :data:`~adaptlang.limits.SET_VALUE_MAX_CHARS`.
+    """
+    from adaptlang.limits import SET_VALUE_MAX_CHARS
+
+    hint = "let constants are numbers, e.g. --set r=16 or --set p=0.05"
+    if len(raw) > SET_VALUE_MAX_CHARS:
+        # Checked first: int() of a 5,000-digit string raises, and a 300-digit one is no setting.
+        raise UsageError(Diagnostic(
+            f"invalid --set {item[:40]!r}...: the value has {len(raw):,} characters, over the limit of "
+            f"{SET_VALUE_MAX_CHARS} (SET_VALUE_MAX_CHARS)", obj="--set", hint=hint))
     if _INT.match(raw):
-        return int(raw)
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
+        number = int(raw)
+        if abs(number) <= sys.float_info.max:
+            return number
+        value = math.inf
+    else:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise UsageError(Diagnostic(f"invalid --set {item!r}: {raw!r} is not a number", obj="--set",
+                                        hint=hint)) from None
     if not math.isfinite(value):
-        raise UsageError(
-            Diagnostic(f"invalid --set {item!r}: {raw!r} is not a number", obj="--set",
-                       hint="let constants are numbers, e.g. --set r=16 or --set p=0.05")
-        )
+        raise UsageError(Diagnostic(f"invalid --set {item!r}: {raw!r} is not a finite number", obj="--set",
+                                    hint=hint))
     return value
 
 
@@ -167,13 +185,13 @@ def compile_command(
     fmt: OutputFormat = typer.Option(
         OutputFormat.table, "--format", "-f", help="table: summary; json: the plan; dot: a graph.",
     ),
-    output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="Write to this file instead of stdout.",
+    output: Optional[str] = typer.Option(
+        None, "--output", "-o", help="Write to this file instead of stdout (- is stdout).",
     ),
     sets: Optional[List[str]] = typer.Option(
         None, "--set", "-s", metavar="NAME=VALUE", help="Override a let constant (repeatable).",
     ),
-    out_dir: Optional[Path] = typer.Option(
+    out_dir: Optional[str] = typer.Option(
         None, "--out", help="Write one bundle per task into this folder (bundles extension).",
     ),
     head: Optional[Head] = HEAD_OPTION,
@@ -181,7 +199,7 @@ def compile_command(
     allow_factory: bool = ALLOW_FACTORY_OPTION,
 ) -> None:
     """Bind a spec to a model and show the plan: deltas, tasks, parameters, memory."""
-    from adaptlang.cli.output import write_atomic, write_stdout
+    from adaptlang.cli.output import output_file, output_folder, write_output
 
     overrides = parse_overrides(sets)
     require_file(spec)
@@ -189,6 +207,10 @@ def compile_command(
         raise UsageError(Diagnostic(
             "--out needs the bundles extension (adaptlang.cli.bundle_cmds), which is not installed",
             obj="--out"))
+    # Output paths are checked before compiling: a bad one is a usage error, not a lost run.
+    target = output_file(output, "--output") if output is not None else None
+    if out_dir is not None:
+        out_dir = output_folder(out_dir, "--out")
     heads = head_kwargs(head, num_labels)
     plan = build_plan(spec, model, overrides, allow_factory, **heads)
     if fmt is OutputFormat.table:
@@ -198,10 +220,7 @@ def compile_command(
     else:
         text = plan.to_dot()
         text = text if text.endswith("\n") else text + "\n"
-    if output is not None:
-        write_atomic(output, text or "")
-    elif text is not None:
-        write_stdout(text, json=fmt is OutputFormat.json)
+    write_output(target, text or "", json=fmt is OutputFormat.json)
     if out_dir is not None and _out_handler is not None:
         _out_handler(CompileOutput(plan=plan, spec_path=spec, model=model, overrides=overrides,
                                    out_dir=out_dir, allow_factory=allow_factory, **heads))

@@ -84,7 +84,7 @@ def fmt_command(
     diff: bool = typer.Option(False, "--diff", help="Write nothing; print what would change."),
 ) -> None:
     """Rewrite specs in place in the canonical layout (meaning and comments kept)."""
-    from adaptlang.cli.output import error_console, plain, print_error, write_atomic
+    from adaptlang.cli.output import error_console, plain, print_error, write_atomic, write_error
 
     changed: list[Path] = []
     failed = 0
@@ -106,7 +106,14 @@ def fmt_command(
         if check:
             typer.echo(escape_controls(f"would reformat {path}"))
         elif not diff:
-            write_atomic(path, new)
+            try:
+                write_atomic(path, new)
+            except OSError as exc:  # a full or read-only disk: this file stays as it was; go on
+                failure = write_error(path, exc)
+                print_error(failure)
+                failed += 1
+                exit_code = max(exit_code, failure.exit_code)
+                continue
             err.print(plain(f"reformatted {path}"))
     if check or diff:
         unchanged = len(specs) - len(changed) - failed

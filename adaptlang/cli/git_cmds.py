@@ -200,7 +200,8 @@ def lock_command(
         None, "--model", "-m", help="Compile against this model (repeatable; default: each spec's own).",
     ),
     check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 naming each plan that drifted."),
-    lockfile: Path = typer.Option(Path("adapt.lock"), "--lockfile", help="The lock file."),
+    lockfile: str = typer.Option("adapt.lock", "--lockfile",
+                                 help="The lock file (- is standard output, or standard input with --check)."),
     head: Optional[Head] = HEAD_OPTION,
     num_labels: Optional[int] = NUM_LABELS_OPTION,
     allow_factory: bool = ALLOW_FACTORY_OPTION,
@@ -210,16 +211,22 @@ def lock_command(
     ``--head`` applies to every model locked in this run and is recorded per
     entry; ``--check`` rebuilds each entry with the head it recorded.
     """
-    from adaptlang.bundles.lockfile import build_lock, check_lock, lock_json, read_lock
-    from adaptlang.cli.output import error_console, plain, print_diagnostics, write_atomic
+    import sys
 
-    lock_dir = lockfile.parent if str(lockfile.parent) else Path(".")
+    from adaptlang.bundles.lockfile import build_lock, check_lock, lock_json, parse_lock, read_lock
+    from adaptlang.cli.output import error_console, output_file, plain, print_diagnostics, write_output
+
     heads = head_kwargs(head, num_labels)
     if check:
         if heads:
             raise UsageError(Diagnostic("--head and --num-labels are read from the lock with --check",
                                         obj="--head", hint="drop them: each entry records the head it was built with"))
-        lock = read_lock(lockfile)
+        if lockfile == "-":  # `git show HEAD:adapt.lock | adaptc lock --check --lockfile -`
+            lock, lock_dir = parse_lock(sys.stdin.read(), "<stdin>"), Path(".")
+        else:
+            if not lockfile.strip():
+                raise UsageError(Diagnostic("--lockfile needs a file name, not an empty string", obj="--lockfile"))
+            lock, lock_dir = read_lock(Path(lockfile)), Path(lockfile).parent
         drift = check_lock(lock, lock_dir, list(specs) if specs else None, allow_factory=allow_factory,
                            lock_name=str(lockfile))
         if drift:
@@ -230,13 +237,16 @@ def lock_command(
         return
     if not specs:
         raise UsageError(Diagnostic("no spec to lock", obj="lock", hint="adaptc lock SPEC... --model M"))
+    target = output_file(lockfile, "--lockfile")  # before compiling anything
+    lock_dir = target.parent if target is not None else Path(".")
     for spec in specs:
         if not spec.is_file():
             raise UsageError(Diagnostic("no such file", obj=str(spec)))
     lock = build_lock(list(specs), list(models or []), lock_dir, **heads, allow_factory=allow_factory)
-    write_atomic(lockfile, lock_json(lock))
+    write_output(target, lock_json(lock), json=True)
     count = sum(len(entry["models"]) for entry in lock["specs"].values())
-    error_console().print(plain(f"wrote {lockfile} ({count} plans)"))
+    error_console().print(plain(f"wrote {lockfile if target is not None else 'the lock to standard output'} "
+                                f"({count} plans)"))
 
 
 def register(app: typer.Typer) -> None:

@@ -77,6 +77,12 @@ class AdaptGroup(TyperGroup):
         except OSError as exc:
             if exc.errno == errno.EPIPE:
                 raise
+            from adaptlang.cli.output import DISK_ERRNOS, print_error, write_error
+
+            if exc.errno in DISK_ERRNOS:  # a full, read-only or forbidden disk: the user's to fix
+                failure = write_error(exc.filename or "a file", exc)
+                print_error(failure)
+                raise typer.Exit(failure.exit_code) from None
             report_internal_error(exc)
             raise typer.Exit(EXIT_INTERNAL) from None
         except Exception as exc:  # noqa: BLE001 - the last line of defence

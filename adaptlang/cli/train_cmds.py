@@ -117,8 +117,8 @@ def train_command(
     model: str = typer.Option(..., "--model", "-m", help="A Hugging Face model folder, a hub id, a tiny-* preset, "
                               "or pkg.module:factory.", show_default=False),
     data: Path = typer.Option(..., "--data", help="Training data: .jsonl, .csv or .parquet.", show_default=False),
-    out: Path = typer.Option(..., "--out", help="Output folder: <task>.safetensors and checkpoints/.",
-                             show_default=False),
+    out: str = typer.Option(..., "--out", help="Output folder: <task>.safetensors and checkpoints/.",
+                            show_default=False),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="The task to train (default: the spec's only one)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help="Evaluation data (same format and fields)."),
     eval_split: Optional[float] = typer.Option(None, "--eval-split", help="Hold out this share of --data for "
@@ -150,13 +150,14 @@ def train_command(
     target_field: str = typer.Option("target", "--target-field", help="Target column (seq2seq)."),
 ) -> None:
     """Train a task of SPEC on a data file with the Hugging Face Trainer; write OUT/<task>.safetensors."""
-    from adaptlang.cli.output import error_console, stdout_console
+    from adaptlang.cli.output import error_console, output_folder, stdout_console
     from adaptlang.training.objective import Fields
     from adaptlang.training.progress import Reporter
     from adaptlang.training.run import TrainConfig, train
 
     config = TrainConfig(
-        spec=spec, model=model, data=data, task=_pick_task(spec, task), out=out, eval_data=eval_data,
+        spec=spec, model=model, data=data, task=_pick_task(spec, task), out=output_folder(out, "--out"),
+        eval_data=eval_data,
         eval_split=eval_split, objective=objective, head=head, num_labels=num_labels,
         fields=Fields(text_field, label_field, prompt_field, completion_field, source_field, target_field),
         tokenizer=tokenizer, max_length=max_length, epochs=epochs, lr=lr, batch_size=batch_size,
