@@ -241,8 +241,8 @@ def output_file(value: object, option: str, *, stdout: bool = True) -> Path | No
         raise UsageError(Diagnostic(f"{option} {_shown(raw)} is a folder", obj=_shown(raw),
                                     hint="give a file name in it, e.g. " + _shown(path / "out.txt")))
     if not folder.is_dir():
-        why = "is not a folder" if folder.exists() else "does not exist"
-        raise UsageError(Diagnostic(f"{option} {_shown(raw)}: the folder {_shown(folder)} {why}",
+        why = f"{_shown(folder)} is not a folder" if folder.exists() else f"no such folder {_shown(folder)}"
+        raise UsageError(Diagnostic(f"{option} {_shown(raw)}: {why}",
                                     obj=_shown(raw), hint="create the folder first, or write elsewhere"))
     return path
 
