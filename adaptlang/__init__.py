@@ -56,7 +56,10 @@ def compile(spec_or_path: Any, model: Any = None, **kwargs: Any) -> "Plan":  # n
             spec's ``model`` statement.
         **kwargs: Passed to :func:`adaptlang.plan.compiler.compile_plan`:
             ``overrides``, ``name``, and ``head``/``num_labels`` to build a
-            model reference with a task head (``head="sequence-classification"``).
+            model reference with a task head (``head="sequence-classification"``),
+            and ``allow_factory=True`` to let the spec's own ``model`` statement
+            name a ``pkg.module:factory`` (a file may not run code by default;
+            a factory passed as ``model`` is yours and always runs).
 
     Returns:
         The :class:`~adaptlang.plan.plan.Plan`.

@@ -17,6 +17,7 @@ layer), so every other layer may raise these errors.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -30,8 +31,45 @@ __all__ = [
     "Span",
     "SpecError",
     "UsageError",
+    "escape_controls",
     "suggest",
 ]
+
+#: Characters a terminal acts on rather than shows: C0 controls but tab and
+#: newline (ESC starts colour, clear-screen, title and hyperlink sequences;
+#: CR and BS overwrite), DEL, the C1 controls (U+0080-U+009F; U+009B is a
+#: one-character CSI), and the bidirectional overrides and isolates that
+#: reorder what is shown ("Trojan Source"); also lone surrogates, which is how
+#: Python holds the bytes of a file name that is not UTF-8, and which a UTF-8
+#: stream cannot write.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def escape_controls(text: str, *, json: bool = False) -> str:
+    """Returns ``text`` with every character a terminal would act on written as a visible escape.
+
+    Source text, names and paths from files reach the terminal through
+    diagnostics and ``adaptc`` output; a raw ``ESC [2J`` would clear the
+    screen and an OSC 8 sequence would plant a hyperlink. Tab and newline
+    are layout and stay.
+
+    Args:
+        text: Any text.
+        json: Write ``\\u001b`` (a valid JSON escape for the same
+            character, so JSON stays valid and equal) instead of ``\\x1b``.
+
+    Returns:
+        The text, unchanged when it holds no such character.
+    """
+    if not _CONTROLS.search(text):
+        return text
+
+    def visible(match: "re.Match[str]") -> str:
+        code = ord(match.group())
+        return f"\\u{code:04x}" if json or code > 0xFF else f"\\x{code:02x}"
+
+    return _CONTROLS.sub(visible, text)
+
 
 
 @dataclass(frozen=True, order=True)
@@ -82,34 +120,40 @@ class Diagnostic:
 
     def render(self) -> str:
         """Renders the diagnostic as ``file:line:col: error: ...`` with a caret."""
+        esc = escape_controls  # every piece may quote a file: nothing in it may drive the terminal
         if self.span is not None:
-            where = f"{self.span.file}:{self.span.line}:{self.span.col}: "
+            where = f"{esc(self.span.file)}:{self.span.line}:{self.span.col}: "
         elif self.obj is not None:
-            where = f"{self.obj}: "
+            where = f"{esc(self.obj)}: "
         else:
             where = ""
-        lines = [f"{where}{self.severity}: {self.message}"]
+        lines = [f"{where}{self.severity}: {esc(self.message)}"]
         if self.span is not None and self.source_line is not None:
             text = self.source_line.rstrip("\n").expandtabs(1)
-            lines.append(f"    {text}")
             start = max(self.span.col - 1, 0)
             if self.span.end_line == self.span.line:
-                width = max(self.span.end_col - self.span.col, 1)
+                end = start + max(self.span.end_col - self.span.col, 1)
             else:
-                width = max(len(text) - start, 1)
-            lines.append("    " + " " * start + "^" * width)
+                end = max(len(text), start + 1)
+            # Columns count characters of the source; an escape is wider than the character it shows.
+            shown_start = len(esc(text[:start])) + max(start - len(text), 0)
+            shown_end = len(esc(text[:end])) + max(end - len(text), 0)
+            lines.append(f"    {esc(text)}")
+            lines.append("    " + " " * shown_start + "^" * max(shown_end - shown_start, 1))
         if self.hint:
-            lines.append(f"  help: {self.hint}")
-        lines.extend(f"  note: {note}" for note in self.notes)
+            lines.append(f"  help: {esc(self.hint)}")
+        lines.extend(f"  note: {esc(note)}" for note in self.notes)
         return "\n".join(lines)
 
     def with_source(self, text: str) -> "Diagnostic":
         """Returns a copy that carries the line of ``text`` its span points at."""
         if self.span is None or self.source_line is not None:
             return self
-        src_lines = text.splitlines()
+        # Lines end at "\n" only, as the parser counts them: str.splitlines would also break at
+        # form feeds, \x1c-\x1e, NEL and U+2028, and point the caret at another line.
+        src_lines = text.split("\n")
         if 1 <= self.span.line <= len(src_lines):
-            return _replace(self, source_line=src_lines[self.span.line - 1])
+            return _replace(self, source_line=src_lines[self.span.line - 1].removesuffix("\r"))
         return self
 
 

@@ -43,3 +43,9 @@ BUNDLE_MAX_PEFT_TEXT_CHARS = 100_000
 
 
 # --- cli: paths and files written ------------------------------------------------
+
+#: Characters in one ``--set NAME=VALUE`` value. A real value is a rank, a
+#: dropout or a scale (``16``, ``0.05``, ``1e-4``; a float's longest repr is
+#: 24 characters); 300 nines, or 5,000 digits (past Python's int-string
+#: limit), is not a setting.
+SET_VALUE_MAX_CHARS = 100

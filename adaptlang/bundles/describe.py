@@ -16,6 +16,7 @@ from typing import Any
 
 from adaptlang.bundles.files import SafetensorsHeader, read_header
 from adaptlang.bundles.manifest import MANIFEST_KEY
+from adaptlang.errors import escape_controls
 
 __all__ = ["describe_file", "describe_manifest"]
 
@@ -92,8 +93,11 @@ def describe_manifest(header: SafetensorsHeader, manifest: dict[str, Any]) -> st
     if spec:
         for file, text in spec["sources"].items():
             lines += ["", f"spec source {file}"]
-            lines += [f"  | {line}".rstrip() for line in text.splitlines()]
-    return "\n".join(lines) + "\n"
+            # Split at newlines only (splitlines would turn \x0c or NEL into line breaks, hiding them).
+            lines += [f"  | {line.removesuffix(chr(13))}".rstrip(" \t")
+                      for line in text.removesuffix("\n").split("\n")]
+    # A bundle is a stranger's file, and this is git's textconv output: nothing in it drives the terminal.
+    return escape_controls("\n".join(lines)) + "\n"
 
 
 def _number(value: Any) -> str:
@@ -150,7 +154,7 @@ def _describe_foreign(header: SafetensorsHeader) -> str:
     lines += ["", f"tensors ({len(header.tensors)})"]
     lines += _table([[k, _dtype(e), "[" + ", ".join(map(str, e.shape)) + "]"]
                      for k, e in sorted(header.tensors.items())], set())
-    return "\n".join(lines) + "\n"
+    return escape_controls("\n".join(lines)) + "\n"
 
 
 def describe_file(path: str | Path, verify: bool = True) -> str:

@@ -193,7 +193,8 @@ def _prompt(folder: Path, config: dict[str, Any], tensors: dict[str, torch.Tenso
     return block, {f"{delta}/<embed>/weight": value}
 
 
-def import_peft_adapter(folder: Any, model: Any, out: Any, name: str | None = None) -> tuple[Path, Path]:
+def import_peft_adapter(folder: Any, model: Any, out: Any, name: str | None = None, *,
+                        allow_factory: bool = False) -> tuple[Path, Path]:
     """Converts a PEFT adapter folder into ``OUT/<name>.adapt`` and ``OUT/<name>.safetensors``.
 
     Args:
@@ -204,6 +205,9 @@ def import_peft_adapter(folder: Any, model: Any, out: Any, name: str | None = No
         out: The output folder (created if missing).
         name: The task's name (default: from the folder's name); the delta
             is ``<name>_lora`` / ``_ia3`` / ``_prompt``.
+        allow_factory: Let ``base_model_name_or_path`` (read from the
+            folder) name a ``pkg.module:factory``, which is then run; a
+            ``model`` passed here is the caller's own and always may.
 
     Returns:
         ``(spec path, bundle path)``; both are written atomically, together.
@@ -212,6 +216,8 @@ def import_peft_adapter(folder: Any, model: Any, out: Any, name: str | None = No
         BundleError: Not a PEFT folder, a pickle, an unsupported PEFT type,
             or tensors that do not fit the model.
         UsageError: No model known.
+        FactoryRefusedError: ``base_model_name_or_path`` names a factory and
+            ``allow_factory`` is False (a UsageError).
     """
     from adaptlang import __version__
     from adaptlang.plan.compiler import compile_plan, resolve_signature
@@ -235,11 +241,15 @@ def import_peft_adapter(folder: Any, model: Any, out: Any, name: str | None = No
         raise UsageError(Diagnostic("no base model: the adapter names none", obj=str(folder),
                                     hint="pass --model (a preset, a model folder, a hub id or pkg.module:factory)"))
     header = "adaptlang 1\n" + (f"model {render_string(ref)}\n" if isinstance(ref, str) else "")
-    text = f"# Imported from the PEFT adapter '{folder.name}' ({kind}).\n{header}\n{block}\ntask {task} = {delta}\n"
+    # A folder name need not be UTF-8 (bytes the OS gave as surrogates): the spec shows those bytes as \xNN.
+    shown = folder.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = f"# Imported from the PEFT adapter '{shown}' ({kind}).\n{header}\n{block}\ntask {task} = {delta}\n"
     spec_name = f"{task}.adapt"
     text = format_text(text, spec_name)
     spec = lower_text(text, spec_name, Path("."))
-    sig = resolve_signature(ref)
+    # The config's base model is a file's word: it may not run code unless the caller allows it.
+    sig = resolve_signature(ref, allow_factory=model is not None or allow_factory,
+                            source=str(folder / "adapter_config.json"), what="base_model_name_or_path")
     plan = compile_plan(spec, sig)
     plan_dict = plan.to_dict()
     if suffix == "prompt":

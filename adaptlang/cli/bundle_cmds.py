@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import typer
-from rich.text import Text
 
 from adaptlang.cli.compile_cmds import CompileOutput
+from adaptlang.cli.head_args import ALLOW_FACTORY_OPTION
 from adaptlang.errors import Diagnostic, UsageError
 
 __all__ = ["export_command", "handle_compile_out", "import_peft_command", "register", "show_command"]
@@ -52,9 +52,9 @@ def reporting_warnings() -> Iterator[None]:
 
 def note(text: str) -> None:
     """Prints a progress line to stderr (stdout stays for data)."""
-    from adaptlang.cli.output import error_console
+    from adaptlang.cli.output import error_console, plain
 
-    error_console().print(Text(text))
+    error_console().print(plain(text))
 
 
 def show_command(
@@ -70,14 +70,14 @@ def show_command(
 
     if as_json:
         manifest = read_bundle(bundle).manifest if verify else read_manifest(bundle)
-        write_stdout(json.dumps(manifest, sort_keys=True, indent=2) + "\n")
+        write_stdout(json.dumps(manifest, sort_keys=True, indent=2) + "\n", json=True)
         return
-    write_stdout(describe_file(bundle, verify=verify))
+    write_stdout(describe_file(bundle, verify=verify))  # the embedded spec's control characters escaped
 
 
 def export_command(
     bundle: Path = typer.Argument(..., help="A bundle (.safetensors).", show_default=False),
-    out: Path = typer.Argument(..., help="The adapter folder to write.", show_default=False),
+    out: str = typer.Argument(..., help="The adapter folder to write.", show_default=False),
     to: ExportFormat = typer.Option(..., "--to", help="The format: peft."),
     base_model: Optional[str] = typer.Option(
         None, "--base-model", help="base_model_name_or_path in adapter_config.json (default: the plan's model).",
@@ -85,9 +85,11 @@ def export_command(
 ) -> None:
     """Export a bundle's task as a PEFT adapter (adapter_config.json + adapter_model.safetensors)."""
     from adaptlang.bundles.peft_export import export_bundle
+    from adaptlang.cli.output import output_folder
 
+    target = output_folder(out, "OUT")
     with reporting_warnings():
-        folder = export_bundle(bundle, out, base_model=base_model)
+        folder = export_bundle(bundle, target, base_model=base_model)
     note(f"wrote a PEFT adapter to {folder}")
 
 
@@ -96,16 +98,19 @@ def import_peft_command(
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="The base model (default: the adapter's base_model_name_or_path).",
     ),
-    out: Path = typer.Option(Path("."), "--out", help="Where the .adapt spec and the bundle go."),
+    out: str = typer.Option(".", "--out", help="Where the .adapt spec and the bundle go."),
     name: Optional[str] = typer.Option(None, "--name", help="Task name (default: from the folder's name)."),
+    allow_factory: bool = ALLOW_FACTORY_OPTION,
 ) -> None:
     """Convert a PEFT adapter folder into a .adapt spec plus a bundle."""
     from adaptlang.bundles.peft_import import import_peft_adapter
+    from adaptlang.cli.output import output_folder
 
+    target = output_folder(out, "--out")
     if not folder.is_dir():
         raise UsageError(Diagnostic("no such folder" if not folder.exists() else "not a folder", obj=str(folder)))
     with reporting_warnings():
-        spec, bundle = import_peft_adapter(folder, model, out, name=name)
+        spec, bundle = import_peft_adapter(folder, model, target, name=name, allow_factory=allow_factory)
     note(f"wrote {spec} and {bundle}")
 
 
@@ -121,6 +126,10 @@ def handle_compile_out(output: CompileOutput) -> None:
         from adaptlang.spec import load_spec
 
         ref = load_spec(output.spec_path).model
+        if not output.allow_factory:  # compiling refused it already; loading weights must too
+            from adaptlang.plan.models import refuse_factory
+
+            refuse_factory(ref, str(output.spec_path), "its model statement")
     plan, paths, why = write_fresh_bundles(output.spec_path, ref, out_dir, output.overrides,
                                            head=output.head, num_labels=output.num_labels)
     write_atomic(out_dir / "plan.json", (plan or output.plan).to_json())

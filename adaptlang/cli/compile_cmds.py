@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from adaptlang.cli.head_args import HEAD_OPTION, NUM_LABELS_OPTION, Head, head_kwargs
+from adaptlang.cli.head_args import ALLOW_FACTORY_OPTION, HEAD_OPTION, NUM_LABELS_OPTION, Head, head_kwargs
 from adaptlang.errors import Diagnostic, UsageError
 
 __all__ = [
@@ -59,6 +60,7 @@ class CompileOutput:
         out_dir: The ``--out`` folder (not created yet).
         head: The ``--head`` value (``"sequence-classification"``), or None.
         num_labels: The ``--num-labels`` value, or None.
+        allow_factory: ``--allow-factory``: the spec's own model may be a factory.
     """
 
     plan: Any
@@ -68,6 +70,7 @@ class CompileOutput:
     out_dir: Path = Path(".")
     head: Optional[str] = None
     num_labels: Optional[int] = None
+    allow_factory: bool = False
 
 
 OutHandler = Callable[[CompileOutput], None]
@@ -119,31 +122,57 @@ def parse_overrides(items: Optional[List[str]]) -> dict[str, float]:
 
 
 def parse_number(raw: str, item: str) -> float:
-    """Parses the value of a ``--set`` item as an int or a finite float."""
+    """Parses the value of a ``--set`` item as an int or a finite float.
+
+    Raises:
+        UsageError: Not a number, not finite (``inf``, ``nan``, ``1e400``), an
+            integer past the float range (every constant may feed a float),
+            or longer than :data:`~adaptlang.limits.SET_VALUE_MAX_CHARS`.
+    """
+    from adaptlang.limits import SET_VALUE_MAX_CHARS
+
+    hint = "let constants are numbers, e.g. --set r=16 or --set p=0.05"
+    if len(raw) > SET_VALUE_MAX_CHARS:
+        # Checked first: int() of a 5,000-digit string raises, and a 300-digit one is no setting.
+        raise UsageError(Diagnostic(
+            f"invalid --set {item[:40]!r}...: the value has {len(raw):,} characters, over the limit of "
+            f"{SET_VALUE_MAX_CHARS} (SET_VALUE_MAX_CHARS)", obj="--set", hint=hint))
     if _INT.match(raw):
-        return int(raw)
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
+        number = int(raw)
+        if abs(number) <= sys.float_info.max:
+            return number
+        value = math.inf
+    else:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise UsageError(Diagnostic(f"invalid --set {item!r}: {raw!r} is not a number", obj="--set",
+                                        hint=hint)) from None
     if not math.isfinite(value):
-        raise UsageError(
-            Diagnostic(f"invalid --set {item!r}: {raw!r} is not a number", obj="--set",
-                       hint="let constants are numbers, e.g. --set r=16 or --set p=0.05")
-        )
+        raise UsageError(Diagnostic(f"invalid --set {item!r}: {raw!r} is not a finite number", obj="--set",
+                                    hint=hint))
     return value
 
 
-def build_plan(spec: Path, model: Optional[str], overrides: dict[str, float], **head: Any) -> Any:
+def build_plan(spec: Path, model: Optional[str], overrides: dict[str, float], allow_factory: bool = False,
+               **head: Any) -> Any:
     """Compiles ``spec`` against ``model`` (torch is imported here, not before).
 
     ``head`` holds ``head``/``num_labels`` for ``compile_plan`` (see :func:`head_kwargs`).
+    ``model`` (``--model``) is the user's own; the spec's ``model`` statement
+    may name a factory only with ``allow_factory`` (``--allow-factory``).
+
+    Raises:
+        FactoryRefusedError: The spec names a factory without ``--allow-factory``.
     """
     from adaptlang.plan.compiler import compile_plan
 
+    kwargs: dict[str, Any] = dict(head)
     if overrides:
-        return compile_plan(spec, model, overrides=overrides, **head)
-    return compile_plan(spec, model, **head)
+        kwargs["overrides"] = overrides
+    if allow_factory:
+        kwargs["allow_factory"] = True
+    return compile_plan(spec, model, **kwargs)
 
 
 def compile_command(
@@ -156,20 +185,21 @@ def compile_command(
     fmt: OutputFormat = typer.Option(
         OutputFormat.table, "--format", "-f", help="table: summary; json: the plan; dot: a graph.",
     ),
-    output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="Write to this file instead of stdout.",
+    output: Optional[str] = typer.Option(
+        None, "--output", "-o", help="Write to this file instead of stdout (- is stdout).",
     ),
     sets: Optional[List[str]] = typer.Option(
         None, "--set", "-s", metavar="NAME=VALUE", help="Override a let constant (repeatable).",
     ),
-    out_dir: Optional[Path] = typer.Option(
+    out_dir: Optional[str] = typer.Option(
         None, "--out", help="Write one bundle per task into this folder (bundles extension).",
     ),
     head: Optional[Head] = HEAD_OPTION,
     num_labels: Optional[int] = NUM_LABELS_OPTION,
+    allow_factory: bool = ALLOW_FACTORY_OPTION,
 ) -> None:
     """Bind a spec to a model and show the plan: deltas, tasks, parameters, memory."""
-    from adaptlang.cli.output import write_atomic, write_stdout
+    from adaptlang.cli.output import output_file, output_folder, write_output
 
     overrides = parse_overrides(sets)
     require_file(spec)
@@ -177,8 +207,12 @@ def compile_command(
         raise UsageError(Diagnostic(
             "--out needs the bundles extension (adaptlang.cli.bundle_cmds), which is not installed",
             obj="--out"))
+    # Output paths are checked before compiling: a bad one is a usage error, not a lost run.
+    target = output_file(output, "--output") if output is not None else None
+    if out_dir is not None:
+        out_dir = output_folder(out_dir, "--out")
     heads = head_kwargs(head, num_labels)
-    plan = build_plan(spec, model, overrides, **heads)
+    plan = build_plan(spec, model, overrides, allow_factory, **heads)
     if fmt is OutputFormat.table:
         text = plan.summary()
     elif fmt is OutputFormat.json:
@@ -186,13 +220,10 @@ def compile_command(
     else:
         text = plan.to_dot()
         text = text if text.endswith("\n") else text + "\n"
-    if output is not None:
-        write_atomic(output, text or "")
-    elif text is not None:
-        write_stdout(text)
+    write_output(target, text or "", json=fmt is OutputFormat.json)
     if out_dir is not None and _out_handler is not None:
         _out_handler(CompileOutput(plan=plan, spec_path=spec, model=model, overrides=overrides,
-                                   out_dir=out_dir, **heads))
+                                   out_dir=out_dir, allow_factory=allow_factory, **heads))
 
 
 def check_command(
@@ -202,6 +233,7 @@ def check_command(
     ),
     head: Optional[Head] = HEAD_OPTION,
     num_labels: Optional[int] = NUM_LABELS_OPTION,
+    allow_factory: bool = ALLOW_FACTORY_OPTION,
 ) -> None:
     """Parse and check a spec; with --model (or --head), bind it to the model too."""
     require_file(spec)
@@ -212,13 +244,15 @@ def check_command(
         loaded = load_spec(spec)
         typer.echo(f"ok: {plural(len(loaded.deltas), 'delta')}, {plural(len(loaded.tasks), 'task')}")
         return
-    data = build_plan(spec, model, {}, **heads).to_dict()
+    data = build_plan(spec, model, {}, allow_factory, **heads).to_dict()
     info = data.get("model", {})
-    typer.echo(
+    from adaptlang.errors import escape_controls
+
+    typer.echo(escape_controls(
         f"ok: {plural(len(data.get('deltas', {})), 'delta')}, "
         f"{plural(len(data.get('tasks', {})), 'task')}; "
         f"bound to {info.get('name', model)} ({info.get('cls', '?')})"
-    )
+    ))
 
 
 def plural(n: int, word: str) -> str:

@@ -19,7 +19,7 @@ from typing import List
 import typer
 from rich.text import Text
 
-from adaptlang.errors import AdaptError, Diagnostic, UsageError
+from adaptlang.errors import AdaptError, Diagnostic, UsageError, escape_controls
 
 __all__ = ["diff_text", "fmt_command", "format_one", "register"]
 
@@ -62,7 +62,7 @@ def diff_text(path: Path, old: str, new: str) -> str:
 
 def print_diff(diff: str) -> None:
     """Prints a unified diff with +/- colouring (the text itself unchanged)."""
-    from adaptlang.cli.output import stdout_console
+    from adaptlang.cli.output import plain, stdout_console
 
     console = stdout_console()
     for line in diff.splitlines():
@@ -75,7 +75,7 @@ def print_diff(diff: str) -> None:
             style = "red"
         elif line.startswith("@@"):
             style = "cyan"
-        console.print(Text(line, style=style or ""), soft_wrap=True)
+        console.print(plain(line, style=style or ""), soft_wrap=True)
 
 
 def fmt_command(
@@ -84,7 +84,7 @@ def fmt_command(
     diff: bool = typer.Option(False, "--diff", help="Write nothing; print what would change."),
 ) -> None:
     """Rewrite specs in place in the canonical layout (meaning and comments kept)."""
-    from adaptlang.cli.output import error_console, print_error, write_atomic
+    from adaptlang.cli.output import error_console, plain, print_error, write_atomic, write_error
 
     changed: list[Path] = []
     failed = 0
@@ -104,10 +104,17 @@ def fmt_command(
         if diff:
             print_diff(diff_text(path, old, new))
         if check:
-            typer.echo(f"would reformat {path}")
+            typer.echo(escape_controls(f"would reformat {path}"))
         elif not diff:
-            write_atomic(path, new)
-            err.print(Text(f"reformatted {path}"))
+            try:
+                write_atomic(path, new)
+            except OSError as exc:  # a full or read-only disk: this file stays as it was; go on
+                failure = write_error(path, exc)
+                print_error(failure)
+                failed += 1
+                exit_code = max(exit_code, failure.exit_code)
+                continue
+            err.print(plain(f"reformatted {path}"))
     if check or diff:
         unchanged = len(specs) - len(changed) - failed
         verb = "would be reformatted" if check else "would change"

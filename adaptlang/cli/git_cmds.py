@@ -24,18 +24,23 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich.text import Text
 
-from adaptlang.cli.head_args import HEAD_OPTION, NUM_LABELS_OPTION, Head, head_kwargs
+from adaptlang.cli.head_args import ALLOW_FACTORY_OPTION, HEAD_OPTION, NUM_LABELS_OPTION, Head, head_kwargs
 from adaptlang.errors import Diagnostic, UsageError
 
 __all__ = ["diff_command", "lock_command", "read_operand", "register"]
 
 
 def _git(args: list[str], what: str) -> str:
-    """Runs git in the working directory and returns stdout; failures are usage errors."""
+    """Runs git in the working directory and returns stdout; failures are usage errors.
+
+    Callers put ``--end-of-options`` before any operand that came from the
+    user, so a revision spelt like an option (``--output=FILE``) is never
+    read as one (git 2.24 and later).
+    """
     try:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+        done = subprocess.run(["git", *args], capture_output=True, text=True, check=False,
+                              encoding="utf-8", errors="replace")
     except OSError as exc:
         raise UsageError(Diagnostic(f"cannot run git: {exc}", obj=what)) from None
     if done.returncode != 0:
@@ -47,8 +52,8 @@ def _git(args: list[str], what: str) -> str:
     return done.stdout
 
 
-def _uses(text: str, label: str) -> list[str]:
-    """Paths a spec text ``use``s (an unparsable spec reports itself later)."""
+def _uses(text: str, label: str) -> list[Any]:
+    """The ``use`` statements of a spec text (an unparsable spec reports itself later)."""
     from adaptlang.errors import AdaptError
     from adaptlang.syntax import ast
     from adaptlang.syntax.parser import parse_text
@@ -57,7 +62,55 @@ def _uses(text: str, label: str) -> list[str]:
         module = parse_text(text, label)
     except AdaptError:
         return []
-    return [s.path for s in module.statements if isinstance(s, ast.Use)]
+    return [s for s in module.statements if isinstance(s, ast.Use)]
+
+
+def split_operand(operand: str) -> tuple[str, str]:
+    """Splits ``REV:path`` and checks both halves before git sees them.
+
+    Raises:
+        UsageError: An empty path, a revision that starts with ``-`` (git
+            would read it as an option), or a NUL or newline in either part.
+    """
+    rev, _, path = operand.partition(":")
+    bad = next((c for c in ("\0", "\n", "\r") if c in operand), None)
+    if bad is not None or rev.startswith("-") or not path:
+        why = ("a revision cannot start with '-'" if rev.startswith("-") else
+               "no path after the colon" if not path else "control characters are not allowed")
+        raise UsageError(Diagnostic(f"invalid REV:path operand: {why}", obj=operand,
+                                    hint="give a spec file, or REV:path such as HEAD~1:specs/x.adapt"))
+    return rev, path
+
+
+def _inside(rel: str, operand: str, scratch: Path, use: Any = None, text: str = "") -> Path:
+    """Returns where ``rel`` (a repository path) goes under ``scratch``, refusing any path that leaves it.
+
+    The files of a revision are written into a fresh temporary folder; a
+    path that is absolute, climbs above the repository root with ``..``,
+    or resolves (through a symbolic link) outside the folder would write
+    somewhere the user never named.
+
+    Raises:
+        SpecError: A committed ``use`` that leaves the repository (its span).
+        UsageError: A ``REV:path`` operand that does.
+    """
+    from adaptlang.errors import SpecError, Span
+
+    root = scratch.resolve()
+    norm = os.path.normpath(rel) if rel else rel
+    target = (scratch / norm).resolve() if norm else root
+    escapes = (not norm or os.path.isabs(rel) or norm == os.pardir or norm.startswith(os.pardir + os.sep)
+               or (target != root and root not in target.parents))
+    if not escapes:
+        return target
+    if use is None:
+        raise UsageError(Diagnostic(f"the path '{rel}' leaves the repository", obj=operand,
+                                    hint="REV:path names a file inside the repository"))
+    span: Span = use.span
+    raise SpecError(Diagnostic(
+        f"use \"{use.path}\" leaves the repository at that revision, so it cannot be read from git",
+        span=span, hint="a spec read from a revision may use files inside the repository only"
+                        ).with_source(text))
 
 
 def read_operand(operand: str, scratch: Path) -> Any:
@@ -65,10 +118,15 @@ def read_operand(operand: str, scratch: Path) -> Any:
 
     Args:
         operand: The command-line operand.
-        scratch: A temporary folder for files read from git.
+        scratch: A temporary folder for files read from git; nothing is
+            written anywhere else.
 
     Returns:
         The checked Spec (diagnostics name ``REV:path``).
+
+    Raises:
+        UsageError: A missing file, an invalid operand, a git failure.
+        SpecError: The spec, or a ``use`` that leaves the repository.
     """
     from adaptlang.spec import load_spec
     from adaptlang.spec.lower import lower_text
@@ -77,24 +135,30 @@ def read_operand(operand: str, scratch: Path) -> Any:
         if not Path(operand).is_file():
             raise UsageError(Diagnostic("no such file", obj=operand, hint="give a spec file or REV:path"))
         return load_spec(Path(operand))
-    rev, _, path = operand.partition(":")
+    rev, path = split_operand(operand)
     if path.startswith(("./", "../")):  # git reads these relative to the working directory
         prefix = _git(["rev-parse", "--show-prefix"], operand).strip()
         path = os.path.normpath(os.path.join(prefix, path)).replace(os.sep, "/")
-    pending, root_text = [path], None
+    scratch.mkdir(parents=True, exist_ok=True)
+    _inside(path, operand, scratch)
+    pending: list[tuple[str, Any, str]] = [(path, None, "")]
     seen: set[str] = set()
+    root_text = None
     while pending:  # the root, then every file it uses, from the same revision
-        rel = pending.pop()
+        rel, use, user_text = pending.pop()
+        target = _inside(rel, operand, scratch, use, user_text)
         if rel in seen:
             continue
         seen.add(rel)
-        text = _git(["show", f"{rev}:{rel}"], f"{rev}:{rel}")
-        target = scratch / rel
+        text = _git(["show", "--end-of-options", f"{rev}:{rel}"], f"{rev}:{rel}")
         target.parent.mkdir(parents=True, exist_ok=True)
+        _inside(rel, operand, scratch, use, user_text)  # the folders just made hold no link out
         target.write_text(text, encoding="utf-8")
         root_text = text if rel == path else root_text
-        pending += [os.path.normpath(os.path.join(os.path.dirname(rel), u)).replace(os.sep, "/")
-                    for u in _uses(text, rel)]
+        for found in _uses(text, f"{rev}:{rel}"):
+            joined = os.path.join(os.path.dirname(rel), found.path)
+            pending.append((joined if os.path.isabs(found.path) else
+                            os.path.normpath(joined).replace(os.sep, "/"), found, text))
     return lower_text(root_text or "", operand, (scratch / path).parent)
 
 
@@ -107,6 +171,7 @@ def diff_command(
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when the specs differ (as git diff)."),
     head: Optional[Head] = HEAD_OPTION,
     num_labels: Optional[int] = NUM_LABELS_OPTION,
+    allow_factory: bool = ALLOW_FACTORY_OPTION,
 ) -> None:
     """Show what changed between two specs: deltas, tasks, sites and parameter counts."""
     from adaptlang.bundles.specdiff import SpecDiff, diff_plans, diff_specs, render_diff
@@ -116,8 +181,10 @@ def diff_command(
         old_spec = read_operand(old, Path(scratch) / "old")
         new_spec = read_operand(new, Path(scratch) / "new")
         result = SpecDiff(spec=diff_specs(old_spec, new_spec))
-        heads = head_kwargs(head, num_labels)
-        if model is not None or heads:  # --head alone: each spec's own model, with that head
+        heads: dict[str, Any] = head_kwargs(head, num_labels)
+        if allow_factory:
+            heads["allow_factory"] = True
+        if model is not None or head is not None or num_labels is not None:  # --head alone: each spec's own model, with that head
             from adaptlang.plan.compiler import compile_plan
 
             result.plan = diff_plans(compile_plan(old_spec, model, **heads), compile_plan(new_spec, model, **heads))
@@ -133,41 +200,53 @@ def lock_command(
         None, "--model", "-m", help="Compile against this model (repeatable; default: each spec's own).",
     ),
     check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 naming each plan that drifted."),
-    lockfile: Path = typer.Option(Path("adapt.lock"), "--lockfile", help="The lock file."),
+    lockfile: str = typer.Option("adapt.lock", "--lockfile",
+                                 help="The lock file (- is standard output, or standard input with --check)."),
     head: Optional[Head] = HEAD_OPTION,
     num_labels: Optional[int] = NUM_LABELS_OPTION,
+    allow_factory: bool = ALLOW_FACTORY_OPTION,
 ) -> None:
     """Record (or --check) the plan each spec compiles to, per model, in adapt.lock.
 
     ``--head`` applies to every model locked in this run and is recorded per
     entry; ``--check`` rebuilds each entry with the head it recorded.
     """
-    from adaptlang.bundles.lockfile import build_lock, check_lock, lock_json, read_lock
-    from adaptlang.cli.output import error_console, print_diagnostics, write_atomic
+    import sys
 
-    lock_dir = lockfile.parent if str(lockfile.parent) else Path(".")
+    from adaptlang.bundles.lockfile import build_lock, check_lock, lock_json, parse_lock, read_lock
+    from adaptlang.cli.output import error_console, output_file, plain, print_diagnostics, write_output
+
     heads = head_kwargs(head, num_labels)
     if check:
         if heads:
             raise UsageError(Diagnostic("--head and --num-labels are read from the lock with --check",
                                         obj="--head", hint="drop them: each entry records the head it was built with"))
-        lock = read_lock(lockfile)
-        drift = check_lock(lock, lock_dir, list(specs) if specs else None)
+        if lockfile == "-":  # `git show HEAD:adapt.lock | adaptc lock --check --lockfile -`
+            lock, lock_dir = parse_lock(sys.stdin.read(), "<stdin>"), Path(".")
+        else:
+            if not lockfile.strip():
+                raise UsageError(Diagnostic("--lockfile needs a file name, not an empty string", obj="--lockfile"))
+            lock, lock_dir = read_lock(Path(lockfile)), Path(lockfile).parent
+        drift = check_lock(lock, lock_dir, list(specs) if specs else None, allow_factory=allow_factory,
+                           lock_name=str(lockfile))
         if drift:
             print_diagnostics(drift)
             raise typer.Exit(1)
         count = sum(len(entry["models"]) for entry in lock["specs"].values())
-        error_console().print(Text(f"{lockfile} is up to date ({count} plans)"))
+        error_console().print(plain(f"{lockfile} is up to date ({count} plans)"))
         return
     if not specs:
         raise UsageError(Diagnostic("no spec to lock", obj="lock", hint="adaptc lock SPEC... --model M"))
+    target = output_file(lockfile, "--lockfile")  # before compiling anything
+    lock_dir = target.parent if target is not None else Path(".")
     for spec in specs:
         if not spec.is_file():
             raise UsageError(Diagnostic("no such file", obj=str(spec)))
-    lock = build_lock(list(specs), list(models or []), lock_dir, **heads)
-    write_atomic(lockfile, lock_json(lock))
+    lock = build_lock(list(specs), list(models or []), lock_dir, **heads, allow_factory=allow_factory)
+    write_output(target, lock_json(lock), json=True)
     count = sum(len(entry["models"]) for entry in lock["specs"].values())
-    error_console().print(Text(f"wrote {lockfile} ({count} plans)"))
+    error_console().print(plain(f"wrote {lockfile if target is not None else 'the lock to standard output'} "
+                                f"({count} plans)"))
 
 
 def register(app: typer.Typer) -> None:

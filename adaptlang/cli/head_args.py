@@ -1,4 +1,4 @@
-"""``--head`` and ``--num-labels``: the task head a model reference is built with.
+"""``--head``, ``--num-labels`` and ``--allow-factory``: how a model reference is built.
 
 A Hugging Face directory builds the class its ``config.json`` names (for
 all-MiniLM-L6-v2 the bare ``BertModel``, which has no ``classifier``), and a
@@ -12,6 +12,12 @@ these options.
 The choices are spelt out here rather than read from
 :data:`adaptlang.plan.models.HEADS`, which imports torch: ``adaptc check``
 without a model never does. A test keeps the two lists equal.
+
+``--allow-factory`` lets a model reference read from a file (a spec's
+``model`` statement, an ``adapt.lock`` entry, an adapter's
+``base_model_name_or_path``) name a ``pkg.module:factory``, which imports and
+runs Python code. Without it such a reference is refused (exit 2); one given
+with ``--model`` always runs, since the user named it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any, Optional
 
 import typer
 
-__all__ = ["Head", "HEAD_OPTION", "NUM_LABELS_OPTION", "head_kwargs"]
+__all__ = ["ALLOW_FACTORY_OPTION", "Head", "HEAD_OPTION", "NUM_LABELS_OPTION", "head_kwargs"]
 
 
 class Head(str, Enum):
@@ -41,6 +47,12 @@ HEAD_OPTION: Any = typer.Option(
 NUM_LABELS_OPTION: Any = typer.Option(
     None, "--num-labels", min=1,
     help="Labels of the classification head (implies --head sequence-classification; default 2).",
+)
+
+ALLOW_FACTORY_OPTION: Any = typer.Option(
+    False, "--allow-factory",
+    help="Let a model named in a file (the spec's model statement, a lock entry, an adapter config) be a "
+         "pkg.module:factory, which runs its Python code. Off by default: such files are refused.",
 )
 
 

@@ -77,6 +77,12 @@ class AdaptGroup(TyperGroup):
         except OSError as exc:
             if exc.errno == errno.EPIPE:
                 raise
+            from adaptlang.cli.output import DISK_ERRNOS, print_error, write_error
+
+            if exc.errno in DISK_ERRNOS:  # a full, read-only or forbidden disk: the user's to fix
+                failure = write_error(exc.filename or "a file", exc)
+                print_error(failure)
+                raise typer.Exit(failure.exit_code) from None
             report_internal_error(exc)
             raise typer.Exit(EXIT_INTERNAL) from None
         except Exception as exc:  # noqa: BLE001 - the last line of defence
@@ -86,12 +92,12 @@ class AdaptGroup(TyperGroup):
 
 def report_internal_error(exc: BaseException) -> None:
     """Prints a short internal-error notice; the traceback only with ADAPTLANG_DEBUG=1."""
-    from adaptlang.cli.output import error_console
+    from adaptlang.cli.output import error_console, plain
 
     console = error_console()
-    console.print(f"adaptc: internal error: {type(exc).__name__}: {exc}")
+    console.print(plain(f"adaptc: internal error: {type(exc).__name__}: {exc}"))
     if debug_enabled():
-        console.print("".join(traceback.format_exception(exc)).rstrip("\n"))
+        console.print(plain("".join(traceback.format_exception(exc)).rstrip("\n")))
     else:
         console.print("  note: this is a bug in adaptc; rerun with ADAPTLANG_DEBUG=1 for the traceback")
 

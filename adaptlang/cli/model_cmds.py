@@ -42,7 +42,7 @@ def find_targets(sig: Any, selector: Any) -> list[tuple[str, Optional[str]]]:
 
 def match_table(sig: Any, targets: list[tuple[str, Optional[str]]]) -> Table:
     """Tabulates matched modules (class, features, parameters) or parameters (shape, dtype)."""
-    from adaptlang.cli.output import format_count
+    from adaptlang.cli.output import format_count, plain
     from adaptlang.cli.tree import numel, shape_text
 
     table = Table(title_justify="left", title_style="bold")
@@ -54,13 +54,13 @@ def match_table(sig: Any, targets: list[tuple[str, Optional[str]]]) -> Table:
     for path, param in targets:
         info = sig.modules.get(path)
         if info is None:
-            table.add_row(Text(path if param is None else f"{path}.{param}"), "?", "", "", "")
+            table.add_row(plain(path if param is None else f"{path}.{param}"), "?", "", "", "")
             continue
         feats = "" if info.in_features is None else f"{info.in_features}→{info.out_features}"
         params = [p for p in info.params if param is None or p.name == param]
         shapes = ", ".join(f"{p.name} {shape_text(p.shape)} {p.dtype}" for p in params)
         shown = path if param is None else (f"{path}.{param}" if path else param)
-        table.add_row(Text(shown), Text(info.cls), feats, Text(shapes),
+        table.add_row(plain(shown), plain(info.cls), feats, plain(shapes),
                       format_count(sum(numel(p.shape) for p in params)))
     return table
 
@@ -74,7 +74,7 @@ def match_command(
     num_labels: Optional[int] = NUM_LABELS_OPTION,
 ) -> None:
     """Show what a selector matches in a model: paths, classes, shapes, parameter counts."""
-    from adaptlang.cli.output import stdout_console
+    from adaptlang.cli.output import plain, stdout_console
 
     parsed, offset = parse_selector_arg(selector)
     sig = load_signature(model, head, num_labels)
@@ -85,7 +85,7 @@ def match_command(
     kind = "parameters" if any(param is not None for _, param in targets) else "modules"
     console = stdout_console()
     table = match_table(sig, targets)
-    table.title = f"{len(targets)} {kind} in {sig.name}"
+    table.title = plain(f"{len(targets)} {kind} in {sig.name}")
     console.print(table)
 
 

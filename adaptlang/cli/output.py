@@ -5,12 +5,20 @@ Everything a command shows goes through here, so that user-controlled text
 their ``file:line:col: error:`` text and caret alignment intact, and
 machine-readable output (plan JSON, DOT) reaches stdout byte for byte.
 
+Text that came from a file (spec source, names, paths, a bundle's embedded
+spec) may hold terminal control sequences; whatever reaches the terminal
+shows them as escapes (:func:`adaptlang.errors.escape_controls`): ``plain``
+for rich text, ``write_stdout`` for data (JSON gets ``\\u001b``, which
+keeps it valid and equal). Only ``raw=True`` writes bytes as they are, for
+output that is a file's content on purpose and not going to a terminal.
+
 Only the CLI prints; library layers return values or raise
 :class:`~adaptlang.errors.AdaptError`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import tempfile
@@ -20,19 +28,31 @@ from typing import Iterable
 from rich.console import Console
 from rich.text import Text
 
-from adaptlang.errors import AdaptError, Diagnostic
+from adaptlang.errors import AdaptError, Diagnostic, UsageError, escape_controls
 
 __all__ = [
     "error_console",
     "format_bytes",
     "format_count",
     "format_share",
+    "plain",
     "print_diagnostics",
     "print_error",
+    "output_file",
+    "output_folder",
     "stdout_console",
     "write_atomic",
+    "write_output",
     "write_stdout",
+    "write_error",
 ]
+
+#: The path that means standard output, for options that write text.
+STDOUT = "-"
+
+#: errno values that say the disk or its permissions refused a write (the user's to fix, not a bug).
+DISK_ERRNOS = frozenset(code for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+                                          getattr(errno, "EDQUOT", None), errno.EIO) if code is not None)
 
 # Regexes that colour parts of a rendered diagnostic without touching its text.
 _STYLES = (
@@ -125,9 +145,23 @@ def attach_source(diag: Diagnostic) -> Diagnostic:
     return diag
 
 
-def write_stdout(text: str) -> None:
-    """Writes ``text`` to stdout exactly as given (no wrapping, no colour, no newline added)."""
-    sys.stdout.write(text)
+def plain(text: object, style: str = "") -> Text:
+    """Returns ``text`` as rich ``Text`` (never markup) with control characters escaped."""
+    return Text(escape_controls(str(text)), style=style)
+
+
+def write_stdout(text: str, *, json: bool = False, raw: bool = False) -> None:
+    """Writes ``text`` to stdout as given (no wrapping, no colour, no newline added).
+
+    Args:
+        text: What to write.
+        json: ``text`` is JSON: control characters become ``\\u00XX``, the
+            same string to a JSON reader (only DEL and C1 can be raw in
+            ``json.dumps`` output).
+        raw: Write control characters as they are: for output that is a
+            file's bytes by request (``fmt -o -`` into a pipe).
+    """
+    sys.stdout.write(text if raw else escape_controls(text, json=json))
     sys.stdout.flush()
 
 
@@ -165,6 +199,105 @@ def write_atomic(path: Path, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+def _shown(path: object) -> str:
+    """A path as messages name it (control characters escaped, undecodable bytes as \\xNN)."""
+    text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+    return escape_controls(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+
+
+def output_file(value: object, option: str, *, stdout: bool = True) -> Path | None:
+    """Checks an option naming a text file to write, before any work is done.
+
+    Every command that writes a file goes through here, so that ``-``, an
+    empty path, a folder and a missing folder mean the same everywhere.
+
+    Args:
+        value: The option's value as given.
+        option: Its name (``-o``, ``--lockfile``), for messages.
+        stdout: Whether ``-`` may mean standard output (text); when False it
+            is refused.
+
+    Returns:
+        The path, or None for standard output.
+
+    Raises:
+        UsageError: An empty path, a folder, a file in a folder that does
+            not exist, or ``-`` where standard output is not possible.
+    """
+    raw = os.fsdecode(value) if isinstance(value, bytes) else str(value)
+    if raw == STDOUT:
+        if stdout:
+            return None
+        raise UsageError(Diagnostic(f"{option} - (standard output) is not possible here", obj=option,
+                                    hint="give a file name"))
+    if not raw.strip():
+        raise UsageError(Diagnostic(f"{option} needs a file name, not an empty string", obj=option,
+                                    hint="give a file name" + (", or - for standard output" if stdout else "")))
+    path = Path(raw)
+    folder = path.parent
+    if path.is_dir() or raw.endswith(("/", os.sep)):
+        raise UsageError(Diagnostic(f"{option} {_shown(raw)} is a folder", obj=_shown(raw),
+                                    hint="give a file name in it, e.g. " + _shown(path / "out.txt")))
+    if not folder.is_dir():
+        why = f"{_shown(folder)} is not a folder" if folder.exists() else f"no such folder {_shown(folder)}"
+        raise UsageError(Diagnostic(f"{option} {_shown(raw)}: {why}",
+                                    obj=_shown(raw), hint="create the folder first, or write elsewhere"))
+    return path
+
+
+def output_folder(value: object, option: str) -> Path:
+    """Checks an option naming a folder to write files into (bundles, adapters, checkpoints).
+
+    A missing folder is fine (it is created); ``-`` is refused: these
+    outputs are several binary files and cannot go to standard output.
+
+    Raises:
+        UsageError: ``-``, an empty path, or a path that is a file.
+    """
+    raw = os.fsdecode(value) if isinstance(value, bytes) else str(value)
+    if raw == STDOUT:
+        raise UsageError(Diagnostic(f"{option} - : this writes a folder of binary files, not standard output",
+                                    obj=option, hint="give a folder"))
+    if not raw.strip():
+        raise UsageError(Diagnostic(f"{option} needs a folder, not an empty string", obj=option))
+    path = Path(raw)
+    if path.exists() and not path.is_dir():
+        raise UsageError(Diagnostic(f"{option} {_shown(raw)} is a file, not a folder", obj=_shown(raw),
+                                    hint="give a folder (it is created when missing)"))
+    return path
+
+
+def write_error(path: object, exc: OSError) -> UsageError:
+    """The usage error for a write the disk refused (full, read-only, no permission)."""
+    why = exc.strerror or type(exc).__name__
+    hint = {errno.ENOSPC: "free some space, or write elsewhere",
+            errno.EROFS: "the disk is read-only: write elsewhere",
+            errno.EACCES: "you may not write there: write elsewhere"}.get(exc.errno or 0,
+                                                                        "write elsewhere")
+    return UsageError(Diagnostic(f"cannot write {_shown(path)}: {why}", obj=_shown(path),
+                                 hint=hint + "; the file as it was is kept"))
+
+
+def write_output(path: Path | None, text: str, *, json: bool = False, raw: bool = False) -> None:
+    """Writes ``text`` to ``path`` atomically, or to standard output when ``path`` is None.
+
+    A failed write (a full or read-only disk, a folder removed meanwhile)
+    leaves the old file untouched and is a usage error naming the path.
+    ``json`` and ``raw`` are as in :func:`write_stdout` (standard output only;
+    a file gets ``text`` as it is).
+
+    Raises:
+        UsageError: The write failed.
+    """
+    if path is None:
+        write_stdout(text, json=json, raw=raw)
+        return
+    try:
+        write_atomic(path, text)
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def format_count(n: int | float | None) -> str:

@@ -18,19 +18,8 @@ from typing import Any, Optional
 import typer
 from rich.text import Text
 
-from adaptlang.errors import Diagnostic, UsageError
 
 __all__ = ["predict_command", "register"]
-
-
-def _check_out(out: Path) -> None:
-    """Refuses an output path that cannot be written, before the (slow) run."""
-    folder = out.parent if str(out.parent) else Path(".")
-    if out.is_dir():
-        raise UsageError(Diagnostic(f"--out {out} is a folder", obj=str(out), hint="give a file name, e.g. out.jsonl"))
-    if not folder.is_dir():
-        raise UsageError(Diagnostic(f"--out {out}: no such folder {folder}", obj=str(out),
-                                    hint="create the folder first"))
 
 
 def predict_command(
@@ -39,8 +28,8 @@ def predict_command(
     model: str = typer.Option(..., "--model", "-m", help="The base model the bundles were trained on: a Hugging "
                               "Face folder, a hub id, a tiny-* preset, or pkg.module:factory.", show_default=False),
     data: Path = typer.Option(..., "--data", help="Rows to predict: .jsonl, .csv or .parquet.", show_default=False),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON Lines here (atomically) "
-                                       "instead of stdout."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the JSON Lines here (atomically) "
+                                      "instead of stdout (- is stdout)."),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="One task for every row (default: the only "
                                        "task loaded)."),
     task_field: Optional[str] = typer.Option(None, "--task-field", help="A column naming each row's task."),
@@ -64,34 +53,29 @@ def predict_command(
     id_field: str = typer.Option("id", "--id-field", help="A column copied into each result as 'id' when present."),
 ) -> None:
     """Predict every row of a data file with trained bundles; write one JSON line per row, in input order."""
-    from adaptlang.cli.output import error_console, stdout_console, write_atomic, write_stdout
+    from adaptlang.cli.output import error_console, output_file, plain, stdout_console, write_output
     from adaptlang.training.predict import PredictConfig, predict, to_jsonl
 
-    if out is not None:
-        _check_out(out)
+    target = output_file(out, "--out") if out is not None else None  # before the (slow) run
     config = PredictConfig(
         model=model, bundles=list(bundles), data=data, task=task, task_field=task_field, head=head,
         num_labels=num_labels, tokenizer=tokenizer, text_field=text_field, prompt_field=prompt_field,
         source_field=source_field, id_field=id_field, max_length=max_length, batch_size=batch_size,
         max_new_tokens=max_new_tokens, num_beams=num_beams)
     console = error_console()
-    bar = _Bar(console) if out is not None else None
+    bar = _Bar(console) if target is not None else None
     try:
         result = predict(config, progress=bar.update if bar is not None else None)
     finally:
         if bar is not None:
             bar.stop()
     for note in result.notes:
-        console.print(Text("warning: ", style="bold yellow") + Text(note))
+        console.print(Text("warning: ", style="bold yellow") + plain(note))
     text = to_jsonl(result.rows)
-    if out is None:
-        write_stdout(text)
+    write_output(target, text, json=True)
+    if target is None:
         return
-    try:
-        write_atomic(out, text)
-    except OSError as exc:
-        raise UsageError(Diagnostic(f"cannot write {out}: {exc.strerror or exc}", obj=str(out))) from None
-    stdout_console().print(Text(f"wrote {len(result.rows)} predictions to {out}"))
+    stdout_console().print(plain(f"wrote {len(result.rows)} predictions to {out}"))
 
 
 class _Bar:

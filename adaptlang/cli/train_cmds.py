@@ -20,6 +20,7 @@ from typing import Any, Optional
 import typer
 from rich.text import Text
 
+from adaptlang.cli.output import plain
 from adaptlang.errors import AdaptError, Diagnostic, UsageError
 
 __all__ = ["RichReporter", "register", "train_command"]
@@ -45,10 +46,10 @@ class RichReporter:
         self.last_checkpoint: str | None = None
 
     def note(self, text: str) -> None:
-        self.console.print(Text(text, style="dim"))
+        self.console.print(plain(text, style="dim"))
 
     def warning(self, text: str) -> None:
-        self.console.print(Text("warning: ", style="bold yellow") + Text(text))
+        self.console.print(Text("warning: ", style="bold yellow") + plain(text))
 
     def evaluated(self, stage: str, metrics: dict[str, float]) -> None:
         if stage == "before":
@@ -116,8 +117,8 @@ def train_command(
     model: str = typer.Option(..., "--model", "-m", help="A Hugging Face model folder, a hub id, a tiny-* preset, "
                               "or pkg.module:factory.", show_default=False),
     data: Path = typer.Option(..., "--data", help="Training data: .jsonl, .csv or .parquet.", show_default=False),
-    out: Path = typer.Option(..., "--out", help="Output folder: <task>.safetensors and checkpoints/.",
-                             show_default=False),
+    out: str = typer.Option(..., "--out", help="Output folder: <task>.safetensors and checkpoints/.",
+                            show_default=False),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="The task to train (default: the spec's only one)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help="Evaluation data (same format and fields)."),
     eval_split: Optional[float] = typer.Option(None, "--eval-split", help="Hold out this share of --data for "
@@ -149,13 +150,14 @@ def train_command(
     target_field: str = typer.Option("target", "--target-field", help="Target column (seq2seq)."),
 ) -> None:
     """Train a task of SPEC on a data file with the Hugging Face Trainer; write OUT/<task>.safetensors."""
-    from adaptlang.cli.output import error_console, stdout_console
+    from adaptlang.cli.output import error_console, output_folder, stdout_console
     from adaptlang.training.objective import Fields
     from adaptlang.training.progress import Reporter
     from adaptlang.training.run import TrainConfig, train
 
     config = TrainConfig(
-        spec=spec, model=model, data=data, task=_pick_task(spec, task), out=out, eval_data=eval_data,
+        spec=spec, model=model, data=data, task=_pick_task(spec, task), out=output_folder(out, "--out"),
+        eval_data=eval_data,
         eval_split=eval_split, objective=objective, head=head, num_labels=num_labels,
         fields=Fields(text_field, label_field, prompt_field, completion_field, source_field, target_field),
         tokenizer=tokenizer, max_length=max_length, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -181,7 +183,7 @@ def train_command(
         if isinstance(reporter, RichReporter):
             reporter.stop()
     if main:
-        stdout_console().print(Text(f"wrote {result.bundle}"))
+        stdout_console().print(plain(f"wrote {result.bundle}"))
 
 
 def register(app: typer.Typer) -> None:

@@ -15,7 +15,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from adaptlang.cli.output import format_count
+from adaptlang.cli.output import format_count, plain
+from adaptlang.errors import escape_controls
 
 __all__ = ["build_tree", "compress_paths", "group_runs", "roles_by_path", "roles_table"]
 
@@ -77,7 +78,7 @@ class TreeBuilder:
         """Formats one node: name, class, features, own parameter shapes, roles, size."""
         info = self.sig.modules[path]
         text = Text()
-        text.append(name, style="bold")
+        text.append(escape_controls(name), style="bold")
         text.append(f" × {count} {info.cls}" if count > 1 else f"  {info.cls}", style="cyan")
         if info.in_features is not None and info.out_features is not None:
             text.append(f"  {info.in_features}→{info.out_features}")
@@ -95,7 +96,7 @@ class TreeBuilder:
         """Returns the whole tree, rooted at the model."""
         root = self.sig.modules[""]
         title = Text()
-        title.append(str(self.sig.name), style="bold")
+        title.append(escape_controls(str(self.sig.name)), style="bold")
         title.append(f"  {root.cls}", style="cyan")
         title.append(f"  family {self.sig.family}")
         title.append(f"  {format_count(self.sig.total_params)} params", style="green")
@@ -220,7 +221,7 @@ def ranges_text(numbers: list[int]) -> str:
 
 def roles_table(sig: Any) -> Table:
     """One row per role: how many modules it names, and which (compactly)."""
-    table = Table(title=f"roles of {sig.name} ({sig.family})", title_justify="left",
+    table = Table(title=plain(f"roles of {sig.name} ({sig.family})"), title_justify="left",
                   title_style="bold")
     table.add_column("role", style="magenta", no_wrap=True)
     table.add_column("modules", justify="right")
@@ -228,6 +229,6 @@ def roles_table(sig: Any) -> Table:
     table.add_column("class", style="cyan")
     for role, paths in sig.roles.items():
         classes = sorted({sig.modules[p].cls for p in paths if p in sig.modules})
-        table.add_row(f"@{role}", str(len(paths)), Text("\n".join(compress_paths(list(paths)))),
-                      Text(", ".join(classes)))
+        table.add_row(f"@{role}", str(len(paths)), plain("\n".join(compress_paths(list(paths)))),
+                      plain(", ".join(classes)))
     return table

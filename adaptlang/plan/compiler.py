@@ -29,7 +29,7 @@ __all__ = ["bind_spec", "compile_plan", "load_spec_for_compile", "resolve_signat
 
 def compile_plan(spec_or_path: Any, model: Any = None, *, name: str | None = None,
                  overrides: Mapping[str, float] | None = None, head: str | None = None,
-                 num_labels: int | None = None) -> Plan:
+                 num_labels: int | None = None, allow_factory: bool | None = None) -> Plan:
     """Binds a spec to a model and returns the plan.
 
     Args:
@@ -45,11 +45,18 @@ def compile_plan(spec_or_path: Any, model: Any = None, *, name: str | None = Non
             ``nn.Module``, a signature or a factory, which come with their own.
         num_labels: The classification head's label count (``--num-labels``;
             implies ``head="sequence-classification"``).
+        allow_factory: Whether a ``pkg.module:factory`` reference may be
+            imported and run. None (the default) follows where the reference
+            came from: ``model`` is the caller's own and runs; the spec's
+            ``model`` statement was read from a file and is refused. A
+            caller passing a ``model`` it read from a file (a lock, an
+            adapter config) passes False; True allows both (``--allow-factory``).
 
     Returns:
         The :class:`Plan`.
 
     Raises:
+        FactoryRefusedError: A factory reference that is not allowed (a UsageError).
         SpecError: The spec does not parse or check.
         UsageError: No model given anywhere, an unknown model reference, or a
             head for a model that is already built.
@@ -57,7 +64,11 @@ def compile_plan(spec_or_path: Any, model: Any = None, *, name: str | None = Non
             act on, missing roles; every such problem at once.
     """
     spec = load_spec_for_compile(spec_or_path, overrides)
-    sig = resolve_signature(model if model is not None else spec.model, name, head=head, num_labels=num_labels)
+    from_spec = model is None
+    allowed = (not from_spec) if allow_factory is None else bool(allow_factory)
+    sig = resolve_signature(spec.model if from_spec else model, name, head=head, num_labels=num_labels,
+                            allow_factory=allowed, source=spec.path if from_spec else None,
+                            what="its model statement" if from_spec else "the model reference")
     return bind_spec(spec, sig)
 
 
@@ -86,12 +97,16 @@ def load_spec_for_compile(spec_or_path: Any, overrides: Mapping[str, float] | No
 
 
 def resolve_signature(model: Any, name: str | None = None, *, head: str | None = None,
-                      num_labels: int | None = None) -> Any:
+                      num_labels: int | None = None, allow_factory: bool = True,
+                      source: str | None = None, what: str = "the model reference") -> Any:
     """Returns the signature of a model given any way ``compile_plan`` accepts.
 
-    ``head`` and ``num_labels`` are as in :func:`compile_plan`.
+    ``head`` and ``num_labels`` are as in :func:`compile_plan`; ``allow_factory``,
+    ``source`` and ``what`` as in :func:`adaptlang.plan.models.load_model` (pass
+    False for a reference read from a file).
 
     Raises:
+        FactoryRefusedError: A factory reference with ``allow_factory`` False.
         UsageError: ``model`` is None (no ``--model`` and no ``model``
             statement), or ``head``/``num_labels`` with a built model.
     """
@@ -120,7 +135,8 @@ def resolve_signature(model: Any, name: str | None = None, *, head: str | None =
         return sig if name in (None, sig.name) else dataclasses.replace(sig, name=name)
     from adaptlang.plan.models import load_model
 
-    module, loaded_name = load_model(str(model), device="meta", head=head, num_labels=num_labels)
+    module, loaded_name = load_model(str(model), device="meta", head=head, num_labels=num_labels,
+                                     allow_factory=allow_factory, source=source, what=what)
     return signature_of(module, name or _portable_name(loaded_name))
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,13 +33,14 @@ import torch
 from torch import nn
 
 from adaptlang.errors import Diagnostic, UsageError, did_you_mean
+from adaptlang.plan.factories import (ALLOW_FACTORY_FLAG, FACTORY_REF, FactoryRefusedError, is_factory_ref,
+                                      refuse_factory)
 from adaptlang.plan.presets import PRESETS, Preset, list_presets
 
-__all__ = ["HEADS", "Preset", "PRESETS", "head_class", "list_presets", "load_model"]
+__all__ = ["ALLOW_FACTORY_FLAG", "FactoryRefusedError", "HEADS", "Preset", "PRESETS", "head_class",
+           "is_factory_ref", "list_presets", "load_model", "refuse_factory"]
 
-
-#: ``package.module:factory`` (dotted identifiers on both sides of one colon).
-_FACTORY_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_FACTORY_REF = FACTORY_REF
 
 
 #: ``--head`` values: the task head a model is built with, by its ``transformers`` Auto class.
@@ -94,7 +94,8 @@ def _head_config(config: Any, head: str | None, num_labels: int | None, obj: str
 
 
 def load_model(ref: str, device: str = "meta", dtype: Any = None, *, head: str | None = None,
-               num_labels: int | None = None) -> tuple[nn.Module, str]:
+               num_labels: int | None = None, allow_factory: bool = True,
+               source: str | None = None, what: str = "the model reference") -> tuple[nn.Module, str]:
     """Builds a model from a preset name, a Hugging Face directory or a factory.
 
     Every call returns a fresh module (callers may patch it).
@@ -114,12 +115,20 @@ def load_model(ref: str, device: str = "meta", dtype: Any = None, *, head: str |
             ``BertForSequenceClassification``). Not for factories.
         num_labels: The classification head's number of labels (with
             ``head="sequence-classification"``; transformers' default is 2).
+        allow_factory: Whether a ``package.module:factory`` may be imported
+            and called. True by default, for a caller that names ``ref``
+            itself; a caller passing a reference *read from a file* (a
+            spec, a lock, an adapter config, a bundle) passes False unless
+            the user opted in (``--allow-factory``).
+        source: The file ``ref`` was read from, and ``what`` in it held
+            it: both named when a factory is refused.
 
     Returns:
         ``(module, name)``: the model and its name (the preset name, the
         directory as given, the factory reference, or the hub id).
 
     Raises:
+        FactoryRefusedError: ``ref`` is a factory and ``allow_factory`` is False.
         UsageError: An unknown name, a directory without a usable
             ``config.json``, a factory that cannot be imported, fails, or
             does not return an ``nn.Module``, or a hub id that cannot be
@@ -135,6 +144,8 @@ def load_model(ref: str, device: str = "meta", dtype: Any = None, *, head: str |
     if path.exists():
         return _load_directory(path, device, wanted, head, num_labels), ref
     if _FACTORY_REF.match(ref):
+        if not allow_factory:
+            refuse_factory(ref, source or "a file", what)
         if head is not None:
             raise UsageError(Diagnostic(f"--head does not apply to a model factory ('{ref}')", obj=ref,
                                         hint="a factory builds its own head; return the model with it"))
@@ -322,7 +333,7 @@ def _load_factory(ref: str, device: str, dtype: torch.dtype | None) -> nn.Module
     module_name, _, attr = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or anything the module raises on import
+    except (Exception, SystemExit) as exc:  # ImportError, or anything the module raises on import
         raise UsageError(Diagnostic(f"cannot import '{module_name}' for model '{ref}': {exc}",
                                     obj=ref, hint="is the package installed, or on PYTHONPATH?")) from None
     factory: Any = module
@@ -337,7 +348,7 @@ def _load_factory(ref: str, device: str, dtype: torch.dtype | None) -> nn.Module
     try:
         with _building(device, dtype):
             model = factory()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit from a factory must not end adaptc with its status
         # On meta, loading weights (from_pretrained, torch.load, a tensor copy) is what usually fails.
         hint = ("compile builds the model on the meta device (no weights); a factory used with adaptc "
                 "compile should build from a config, not load weights") if str(device) == "meta" else None
