@@ -17,7 +17,8 @@ from typing import Any, Iterator, Mapping
 
 from adaptlang.errors import Diagnostic, DiagnosticSink, UsageError
 from adaptlang.limits import MAX_SPEC_NUMBER
-from adaptlang.spec.values import BROKEN, SilentProblem, ValueProblem, check_magnitude, evaluate, format_number
+from adaptlang.spec.values import (
+    BROKEN, SilentProblem, ValueProblem, check_magnitude, evaluate, format_number, show_chain)
 from adaptlang.syntax import ast
 
 __all__ = ["check_override", "resolve_constants"]
@@ -117,7 +118,7 @@ class _Resolver:
             dep = needs.pop()
             if dep in on_stack:
                 chain = [n for n, _ in stack]
-                cycle = " -> ".join([*chain[chain.index(dep):], dep])
+                cycle = show_chain([*chain[chain.index(dep):], dep])
                 self.sink.add(Diagnostic(f"constant '{dep}' is defined in terms of itself: {cycle}",
                                          span=self.lets[dep].name_span, hint="break the cycle with a number"))
                 for n, _ in stack:  # the cycle and everything waiting on it

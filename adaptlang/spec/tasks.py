@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from adaptlang.errors import Diagnostic, DiagnosticSink, Span, did_you_mean
 from adaptlang.spec import model as ir
 from adaptlang.limits import MAX_TASK_WEIGHT
-from adaptlang.spec.values import SilentProblem, ValueProblem, check_magnitude, evaluate, format_number
+from adaptlang.spec.values import SilentProblem, ValueProblem, check_magnitude, evaluate, format_number, show_chain
 from adaptlang.syntax import ast
 
 __all__ = ["TaskSource", "flatten_tasks"]
@@ -145,7 +145,7 @@ class TaskFlattener:
             if ref.name in on_stack:
                 names = [n for n, _ in stack]
                 chain = [*names[names.index(ref.name):], ref.name]
-                self.error(f"task '{ref.name}' refers to itself: {' -> '.join(chain)}", ref.span,
+                self.error(f"task '{ref.name}' refers to itself: {show_chain(chain)}", ref.span,
                            "a task can use other tasks, but not one that leads back to itself")
                 self.broken.update(names)
                 return
@@ -209,8 +209,8 @@ class TaskFlattener:
         for occ in merged.values():
             if not math.isfinite(occ.weight) or occ.weight > MAX_TASK_WEIGHT:
                 self.error(f"the weight of '{occ.delta}' in task '{name}' comes to {format_number(occ.weight)}, "
-                           f"past the limit of {format_number(MAX_TASK_WEIGHT)} (MAX_TASK_WEIGHT)",
-                           occ.weight_span or self.tasks[name].decl.span,
+                           f"past the limit of {MAX_TASK_WEIGHT:,.0f} (MAX_TASK_WEIGHT)",
+                           self.tasks[name].decl.name_span,
                            "weights multiply through nested tasks and add up when a delta repeats")
                 raise _Broken(name)
         return list(merged.values())
@@ -228,7 +228,7 @@ class TaskFlattener:
                        "leave the delta out of the task instead of weighting it by zero or less")
             raise _Broken("weight")
         if value > MAX_TASK_WEIGHT:
-            self.error(f"a task weight must be at most {format_number(MAX_TASK_WEIGHT)} (MAX_TASK_WEIGHT), "
+            self.error(f"a task weight must be at most {MAX_TASK_WEIGHT:,.0f} (MAX_TASK_WEIGHT), "
                        f"found {format_number(value)}", expr.span, "real task weights are between 0.1 and 10")
             raise _Broken("weight")
         return value

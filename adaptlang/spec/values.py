@@ -20,7 +20,7 @@ from adaptlang.syntax import ast
 
 __all__ = [
     "BROKEN", "PROPERTY_TYPES", "PropType", "SilentProblem", "ValueProblem", "check_magnitude", "evaluate",
-    "format_number",
+    "format_number", "show_chain",
 ]
 
 
@@ -70,6 +70,13 @@ def format_number(value: float) -> str:
         digits = str(abs(value))
         return f"{'-' if value < 0 else ''}{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def show_chain(names: list[str]) -> str:
+    """``a -> b -> a``; a chain of thousands shows its ends and its length."""
+    if len(names) <= 12:
+        return " -> ".join(names)
+    return " -> ".join([*names[:6], "...", *names[-3:]]) + f" ({len(names) - 1} steps)"
 
 
 def check_magnitude(value: int | float, span: Span | None, what: str = "this value") -> int | float:
@@ -248,7 +255,7 @@ def _float_check(what: str, low: float | None, high: float | None, low_open: boo
         try:
             number = float(raw)
         except OverflowError:  # an integer literal of hundreds of digits
-            number = math.copysign(math.inf, raw)
+            number = math.inf if raw > 0 else -math.inf
         # NaN fails every comparison, so finiteness is checked on its own.
         too_low = low is not None and (number <= low if low_open else number < low)
         too_high = high is not None and (number >= high if high_open else number > high)
@@ -324,7 +331,7 @@ def _describe(value: Any) -> str:
 
 
 SELECTOR = PropType("a selector", _selector, selector=True)
-_SCALE = format_number(MAX_SCALE_PROPERTY)
+_SCALE = f"{MAX_SCALE_PROPERTY:,.0f}"
 _LOW = format_number(MIN_REDUCTION)
 POS_INT = PropType("a positive whole number", _int_check(1, MAX_WIDTH_PROPERTY, "a positive whole number"))
 SEED = PropType("a whole number ≥ 0", _int_check(0, MAX_SEED, "a whole number >= 0"))
