@@ -16,9 +16,42 @@ from __future__ import annotations
 
 
 # --- spec: lowering, constants, `use` --------------------------------------------
+#: Largest magnitude of any number computed in a spec: every operand and result of
+#: ``let`` and task-weight arithmetic, every ``let`` value and ``--set`` value. Keeps
+#: arithmetic exact (below 2**53), finite and cheap (no big-integer squaring).
+MAX_SPEC_NUMBER = 1e15
+#: Largest ``rank``, adapter ``size``, prompt ``tokens`` and quantize ``block``
+#: (a 405B model is 16,384 wide; full-rank LoRA on it is 64x below this).
+MAX_WIDTH_PROPERTY = 1 << 20
+#: Largest ``alpha``, ``|scale|`` and ``reduction`` (real ones are below 1,000).
+MAX_SCALE_PROPERTY = 1e6
+#: Smallest adapter ``reduction`` (0.001: a bottleneck 1,000 times the model's width).
+MIN_REDUCTION = 1e-3
+#: Largest sparse ``seed`` (torch's manual_seed takes 64-bit seeds).
+MAX_SEED = (1 << 63) - 1
+#: Largest weight of a delta in a task, after weights are multiplied and added
+#: through nested tasks (real weights are 0.1 to 10).
+MAX_TASK_WEIGHT = 1e6
+#: Deepest chain of ``use`` (a uses b uses c ...); real specs use one or two levels.
+MAX_USE_DEPTH = 64
+#: Largest file ``use`` reads (and the root spec file), in bytes.
+MAX_SPEC_FILE_BYTES = 64 * 1024 * 1024
 
 
 # --- plan: models, configs, selectors --------------------------------------------
+#: Largest model ``config.json``, in bytes (real ones are under 1 MB, even with
+#: 20,000 class labels).
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+#: Deepest nesting of objects and arrays in a ``config.json`` (real ones: 3 or 4).
+MAX_CONFIG_DEPTH = 64
+#: Largest count of layers or experts a ``config.json`` may name (``num_hidden_layers``,
+#: ``n_layer``, ``num_local_experts``, ...): real models have under 200 layers and
+#: 400 experts; building a meta model costs time per layer.
+MAX_CONFIG_LAYERS = 10_000
+#: Largest width a ``config.json`` may name (``hidden_size``, ``vocab_size``,
+#: ``max_position_embeddings``, ...): real ones are under 300,000, contexts
+#: under 11 million.
+MAX_CONFIG_WIDTH = 1 << 28
 
 
 # --- bundles: manifests, headers, PEFT folders -----------------------------------

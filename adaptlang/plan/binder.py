@@ -46,6 +46,9 @@ class Binder:
         self.diagnostics: list[Diagnostic] = []
         self.quantized: set[tuple[str, str]] = set()
         self.ties = tie_groups(sig)  # tied tensor (first name) -> all its names
+        # What each `for` selector matches, by selector identity: one entry per override for this
+        # compile (unbounded here, freed with the binder), so sites x overrides stays linear.
+        self.selector_memo: dict[int, Any] = {}
 
     def error(self, message: str, span: Any, hint: str | None = None, notes: tuple[str, ...] = ()) -> None:
         """Records one bind error."""
@@ -102,7 +105,8 @@ class Overrides:
                 continue
             paths = [path] if param is None else [path, f"{path}.{param}" if path else param]
             try:
-                matched = any(selector_matches_path(self.binder.sig, override.selector, p) for p in paths)
+                matched = any(selector_matches_path(self.binder.sig, override.selector, p, self.binder.selector_memo)
+                              for p in paths)
             except BindError as exc:
                 self.broken[i] = True
                 self.binder.diagnostics.extend(exc.diagnostics)

@@ -107,7 +107,7 @@ def read_cached_signature(name: str, head: str | None = None,
         return None
     try:
         sig = signature_from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # a damaged file: rebuild
         return None
     if sig.name != name or _fingerprint(sig.modules) != sig.fingerprint:
         return None  # a damaged or hand-edited file: rebuild rather than trust it

@@ -257,25 +257,36 @@ def _own_features(module: nn.Module) -> tuple[int, int] | None:
 def _compose_features(named: list[tuple[str, nn.Module]]) -> dict[int, tuple[int | None, int | None]]:
     """Widths of every module, by object id, composed bottom-up.
 
-    Memoised by object so a module shared by two parents is read once.
+    Memoised by object so a module shared by two parents is read once. The
+    walk is an explicit post-order stack, not recursion, so a model nested
+    thousands of modules deep (a factory's ``Sequential`` chain) cannot hit
+    Python's recursion limit here.
     """
     features: dict[int, tuple[int | None, int | None]] = {}
-
-    def visit(module: nn.Module) -> tuple[int | None, int | None]:
-        found = features.get(id(module))
-        if found is not None:
-            return found
-        own = _own_features(module)
-        if own is None:
-            kids = [visit(c) for c in module._modules.values() if c is not None]
+    open_: set[int] = set()  # modules whose children are being read (a cycle back to one is skipped)
+    for _, top in named:
+        if id(top) in features:
+            continue
+        stack: list[tuple[nn.Module, bool]] = [(top, False)]
+        while stack:
+            module, children_done = stack.pop()
+            if id(module) in features:
+                continue
+            if not children_done:
+                own = _own_features(module)
+                if own is not None:
+                    features[id(module)] = own
+                    continue
+                open_.add(id(module))
+                stack.append((module, True))
+                stack.extend((c, False) for c in module._modules.values()
+                             if c is not None and id(c) not in features and id(c) not in open_)
+                continue
+            open_.discard(id(module))
+            kids = [features[id(c)] for c in module._modules.values() if c is not None and id(c) in features]
             fin = next((k[0] for k in kids if k[0] is not None), None)
             fout = next((k[1] for k in reversed(kids) if k[1] is not None), None)
-            own = (fin, fout)
-        features[id(module)] = own
-        return own
-
-    for _, module in named:
-        visit(module)
+            features[id(module)] = (fin, fout)
     return features
 
 

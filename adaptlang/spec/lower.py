@@ -21,7 +21,9 @@ from typing import Any, Mapping
 from adaptlang.errors import Diagnostic, DiagnosticSink, Span, SpecError, UsageError, did_you_mean
 from adaptlang.spec import model as ir
 from adaptlang.spec.blocks import lower_delta, lower_quantize
-from adaptlang.spec.constants import resolve_constants
+from adaptlang.limits import MAX_SPEC_FILE_BYTES, MAX_USE_DEPTH
+from adaptlang.spec.constants import check_override, resolve_constants
+from adaptlang.spec.files import FileProblem, read_text_file, short_path
 from adaptlang.spec.tasks import TaskSource, flatten_tasks
 from adaptlang.spec.values import BROKEN
 from adaptlang.syntax import ast
@@ -30,6 +32,8 @@ from adaptlang.syntax.parser import SUPPORTED_VERSIONS, parse_text
 __all__ = ["load_spec", "lower_text"]
 
 STRING_FILE = "<string>"
+#: How file-size messages name the limit.
+_FILE_LIMIT = "a spec file (MAX_SPEC_FILE_BYTES)"
 
 
 def load_spec(path_or_text: Any, constants: Mapping[str, float] | None = None) -> ir.Spec:
@@ -51,14 +55,15 @@ def load_spec(path_or_text: Any, constants: Mapping[str, float] | None = None) -
     """
     if isinstance(path_or_text, os.PathLike) or (isinstance(path_or_text, str) and _looks_like_path(path_or_text)):
         path = Path(path_or_text)
-        if not path.is_file():
-            raise UsageError(Diagnostic("no such file" if not path.exists() else "not a file",
-                                        obj=str(path_or_text), hint="check the spec path"))
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(Diagnostic(f"cannot read: {exc}", obj=str(path_or_text))) from None
-        return lower_text(text, str(path_or_text), path.parent, constants, path.resolve())
+            text = read_text_file(path, MAX_SPEC_FILE_BYTES, what=_FILE_LIMIT)
+        except FileProblem as problem:
+            if problem.missing:
+                raise UsageError(Diagnostic("no such file", obj=short_path(str(path_or_text)),
+                                            hint="check the spec path")) from None
+            raise UsageError(Diagnostic(problem.message, obj=short_path(str(path_or_text)),
+                                        hint=problem.hint)) from None
+        return lower_text(text, str(path_or_text), path.parent, constants, Path(os.path.realpath(path)))
     if not isinstance(path_or_text, str):
         raise UsageError(Diagnostic(f"expected a spec path or text, got {type(path_or_text).__name__}",
                                     obj="load_spec"))
@@ -82,9 +87,12 @@ def lower_text(text: str, file: str, base_dir: Path, constants: Mapping[str, flo
     """Lowers a spec given as text; ``file`` names it in spans, ``base_dir`` anchors its ``use`` paths.
 
     Raises:
-        SpecError, UsageError: As :func:`load_spec`.
+        SpecError, UsageError: As :func:`load_spec`; a ``constants`` value that
+            is not a finite number within ``MAX_SPEC_NUMBER`` is a UsageError
+            naming the constant.
     """
-    lowerer = Lowerer(dict(constants or {}))
+    overrides = {name: check_override(name, value) for name, value in (constants or {}).items()}
+    lowerer = Lowerer(overrides)
     lowerer.load(file, text, base_dir, resolved, root=True)
     return lowerer.finish(file)
 
@@ -140,10 +148,35 @@ class Lowerer:
             self.stack.pop()
 
     def load_use(self, use: ast.Use, file: str, base_dir: Path) -> None:
-        """Loads one ``use``d file (once per spec), reporting cycles and missing files at the ``use``."""
+        """Loads one ``use``d file (once per spec), reporting every problem at the ``use``.
+
+        Only regular files whose name (and whose target, through symlinks)
+        ends in ``.adapt`` are read (see :func:`~adaptlang.spec.files.read_text_file`);
+        chains of ``use`` stop at ``MAX_USE_DEPTH`` files, so loading recurses
+        at most that deep.
+        """
+        named = short_path(use.path).replace("\0", "\\0")
+        if len(self.stack) >= MAX_USE_DEPTH:
+            self.sink.add(Diagnostic(
+                f"`use` chain too deep: '{named}' would be file {len(self.stack) + 1} of one chain, past "
+                f"the limit of {MAX_USE_DEPTH} (MAX_USE_DEPTH)", span=use.span,
+                hint="real specs use one or two levels: use the shared files from one place",
+                notes=(f"the chain starts at {self.stack[0][1]}",)))
+            return
         target = base_dir / use.path
         shown = os.path.normpath(use.path if file == STRING_FILE else os.path.join(os.path.dirname(file), use.path))
-        resolved = target.resolve()
+        try:
+            text = read_text_file(target, MAX_SPEC_FILE_BYTES, suffix=".adapt", what=_FILE_LIMIT)
+        except FileProblem as problem:
+            if problem.missing:
+                self.sink.add(Diagnostic(f"cannot find '{named}' (used here)", span=use.span,
+                                         hint="a `use` path is relative to the file that contains it",
+                                         notes=(f"looked for {short_path(shown)}",)))
+            else:
+                self.sink.add(Diagnostic(f"cannot use '{named}': {problem.message}", span=use.span,
+                                         hint=problem.hint or "`use` reads regular .adapt files only"))
+            return
+        resolved = Path(os.path.realpath(target))  # read above: the name is valid and no link loops
         chain = [r for r, _ in self.stack]
         if resolved in chain:
             names = [name for _, name in self.stack[chain.index(resolved):]] + [shown]
@@ -153,17 +186,7 @@ class Lowerer:
             return
         if resolved in self.loaded:
             return  # already brought in (a diamond of uses): once is enough
-        if not target.is_file():
-            self.sink.add(Diagnostic(f"cannot find '{use.path}' (used here)", span=use.span,
-                                     hint="a `use` path is relative to the file that contains it",
-                                     notes=(f"looked for {shown}",)))
-            return
-        try:
-            text = target.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            self.sink.add(Diagnostic(f"cannot read '{use.path}': {exc}", span=use.span))
-            return
-        self.load(shown, text, target.parent, resolved, root=False)
+        self.load(shown, text, Path(target).parent, resolved, root=False)
 
     # ------------------------------------------------------------ statements
 

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from adaptlang.errors import Span, did_you_mean
+from adaptlang.limits import (
+    MAX_SCALE_PROPERTY, MAX_SEED, MAX_SPEC_NUMBER, MAX_WIDTH_PROPERTY, MIN_REDUCTION)
 from adaptlang.syntax import ast
 
 __all__ = [
-    "BROKEN", "PROPERTY_TYPES", "PropType", "SilentProblem", "ValueProblem", "evaluate", "format_number",
+    "BROKEN", "PROPERTY_TYPES", "PropType", "SilentProblem", "ValueProblem", "check_magnitude", "evaluate",
+    "format_number", "show_chain",
 ]
 
 
@@ -56,16 +59,56 @@ BROKEN: Any = _Broken()
 
 
 def format_number(value: float) -> str:
-    """``8`` for 8.0, ``0.05`` for 0.05: numbers as a user would write them."""
+    """``8`` for 8.0, ``0.05`` for 0.05: numbers as a user would write them.
+
+    Huge integers (a literal of hundreds of digits) are shortened, never
+    converted to float (that overflows).
+    """
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 16:
+        digits = str(abs(value))
+        return f"{'-' if value < 0 else ''}{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def show_chain(names: list[str]) -> str:
+    """``a -> b -> a``; a chain of thousands shows its ends and its length."""
+    if len(names) <= 12:
+        return " -> ".join(names)
+    return " -> ".join([*names[:6], "...", *names[-3:]]) + f" ({len(names) - 1} steps)"
+
+
+def check_magnitude(value: int | float, span: Span | None, what: str = "this value") -> int | float:
+    """Returns ``value`` if it is finite and within :data:`~adaptlang.limits.MAX_SPEC_NUMBER`.
+
+    Bounding every operand and result keeps ``let`` arithmetic exact and
+    cheap: without it, 40 lines of ``let b = a * a`` square a Python integer
+    40 times (a number of 2**40 bits), and a big integer divided or scaled
+    into a float overflows.
+
+    Raises:
+        ValueProblem: A non-finite value, or one past the limit.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueProblem(f"{what} is not a finite number ({value})", span,
+                           f"numbers in a spec lie within ±{format_number(MAX_SPEC_NUMBER)}")
+    if abs(value) > MAX_SPEC_NUMBER:
+        raise ValueProblem(f"{what} is too large: {format_number(value)} is past the limit of "
+                           f"±{format_number(MAX_SPEC_NUMBER)} (MAX_SPEC_NUMBER)", span,
+                           "numbers in a spec are ranks, widths, scales and weights: far smaller than this")
+    return value
 
 
 def evaluate(expr: Any, constants: Mapping[str, float]) -> int | float:
     """Evaluates numeric arithmetic over numbers and constants.
 
-    Integers stay ``int`` under ``+ - *``; ``/`` always gives a float.
+    Integers stay ``int`` under ``+ - *``; ``/`` always gives a float. The
+    walk is iterative (a flat sum of thousands of terms is a left-deep tree
+    as deep as it is long), and every operand and result of an operator is
+    bounded by :func:`check_magnitude`, so evaluation is linear in the
+    expression's size. A lone literal is returned as written: the property
+    or ``let`` it belongs to checks its range and names it.
 
     Args:
         expr: An AST expression.
@@ -73,8 +116,37 @@ def evaluate(expr: Any, constants: Mapping[str, float]) -> int | float:
 
     Raises:
         ValueProblem: An unknown constant, division by zero, a string or a
-            percentage inside arithmetic.
+            percentage inside arithmetic, an operand or result past
+            ``MAX_SPEC_NUMBER`` or not finite.
     """
+    values: list[int | float] = []
+    # Work items: ("eval", node) pushes a node's value; ("apply", node) combines its operands' values.
+    work: list[tuple[str, Any]] = [("eval", expr)]
+    while work:
+        action, node = work.pop()
+        if action == "apply":
+            if isinstance(node, ast.Neg):
+                values.append(-values.pop())
+                continue
+            right, left = values.pop(), values.pop()
+            values.append(_apply(node, left, right))
+            continue
+        if isinstance(node, ast.Group):
+            work.append(("eval", node.inner))
+        elif isinstance(node, ast.Neg):
+            work.append(("apply", node))
+            work.append(("eval", node.operand))
+        elif isinstance(node, ast.BinOp):
+            work.append(("apply", node))
+            work.append(("eval", node.right))
+            work.append(("eval", node.left))
+        else:
+            values.append(_leaf(node, constants))
+    return values[0]
+
+
+def _leaf(expr: Any, constants: Mapping[str, float]) -> int | float:
+    """The value of a number or a constant; anything else in arithmetic is an error."""
     if isinstance(expr, ast.Number):
         return expr.value
     if isinstance(expr, ast.Name):
@@ -85,25 +157,6 @@ def evaluate(expr: Any, constants: Mapping[str, float]) -> int | float:
             return value
         raise ValueProblem(f"unknown constant '{expr.name}'", expr.span,
                            did_you_mean(expr.name, constants) or "define it with `let NAME = VALUE`")
-    if isinstance(expr, ast.Group):
-        return evaluate(expr.inner, constants)
-    if isinstance(expr, ast.Neg):
-        return -evaluate(expr.operand, constants)
-    if isinstance(expr, ast.BinOp):
-        left, right = evaluate(expr.left, constants), evaluate(expr.right, constants)
-        if expr.op == "+":
-            result = left + right
-        elif expr.op == "-":
-            result = left - right
-        elif expr.op == "*":
-            result = left * right
-        else:
-            if right == 0:
-                raise ValueProblem("division by zero", expr.right.span, f"{_show(expr.right)} is 0 here")
-            result = left / right
-        if isinstance(result, float) and not math.isfinite(result):
-            raise ValueProblem("the result is too large", expr.span)
-        return result
     if isinstance(expr, ast.Percent):
         raise ValueProblem("a percentage cannot be used in arithmetic", expr.span,
                            f"write the fraction instead: {format_number(expr.fraction)}")
@@ -112,6 +165,23 @@ def evaluate(expr: Any, constants: Mapping[str, float]) -> int | float:
     if isinstance(expr, ast.Tagged):
         raise ValueProblem(f"expected a number, found `{expr.tag} ...`", expr.span)
     raise ValueProblem("expected a number", getattr(expr, "span", None))
+
+
+def _apply(expr: ast.BinOp, left: int | float, right: int | float) -> int | float:
+    """One operator, with both operands and the result bounded."""
+    check_magnitude(left, expr.left.span, "the left operand")
+    check_magnitude(right, expr.right.span, "the right operand")
+    if expr.op == "+":
+        result = left + right
+    elif expr.op == "-":
+        result = left - right
+    elif expr.op == "*":
+        result = left * right
+    else:
+        if right == 0:
+            raise ValueProblem("division by zero", expr.right.span, f"{_show(expr.right)} is 0 here")
+        result = left / right
+    return check_magnitude(result, expr.span, "the result")
 
 
 def _show(expr: Any) -> str:
@@ -155,31 +225,47 @@ def _number(value: Any, constants: Mapping[str, float], what: str, allow_percent
     return evaluate(value, constants)
 
 
-def _int_check(minimum: int, what: str) -> Check:
+def _int_check(minimum: int, maximum: int, what: str) -> Check:
+    """A whole number in ``[minimum, maximum]``; past the maximum, the message names the limit."""
+    too_big = f"{what} up to {maximum:,}"
+
     def check(value: Any, constants: Mapping[str, float]) -> int:
         number = _number(value, constants, what, allow_percent=False)
         if isinstance(number, float):
+            if not math.isfinite(number) or abs(number) > maximum:
+                # Checked before int(): int(inf) raises and int(1e308) is a 309-digit integer.
+                raise ValueProblem(f"expected {too_big}, found {format_number(number)}", value.span)
             if not number.is_integer():
                 raise ValueProblem(f"expected {what}, found {format_number(number)}", value.span,
                                    f"round it to a whole number, e.g. {max(round(number), minimum)}")
             number = int(number)
+        if number > maximum:
+            raise ValueProblem(f"expected {too_big}, found {format_number(number)}", value.span)
         if number < minimum:
-            raise ValueProblem(f"expected {what}, found {number}", value.span)
+            raise ValueProblem(f"expected {what}, found {format_number(number)}", value.span)
         return number
     return check
 
 
 def _float_check(what: str, low: float | None, high: float | None, low_open: bool, high_open: bool,
-                 allow_percent: bool = False, percent_hint: bool = False) -> Check:
+                 allow_percent: bool = False, percent_hint: bool = False, limit: str | None = None) -> Check:
+    """A finite number in a range; ``limit`` replaces ``what`` in the message when past a bound."""
     def check(value: Any, constants: Mapping[str, float]) -> float:
-        number = float(_number(value, constants, what, allow_percent))
+        raw = _number(value, constants, what, allow_percent)
+        try:
+            number = float(raw)
+        except OverflowError:  # an integer literal of hundreds of digits
+            number = math.inf if raw > 0 else -math.inf
+        # NaN fails every comparison, so finiteness is checked on its own.
         too_low = low is not None and (number <= low if low_open else number < low)
         too_high = high is not None and (number >= high if high_open else number > high)
-        if too_low or too_high:
+        if not math.isfinite(number) or too_low or too_high:
             hint = None
             if percent_hint and isinstance(value, ast.Number) and 1 < number <= 100:
                 hint = f"for {format_number(number)} percent write {format_number(number)}%"
-            raise ValueProblem(f"expected {what}, found {format_number(number)}", value.span, hint)
+            shown = format_number(number) if math.isfinite(number) else format_number(raw)
+            past = not math.isfinite(number) or too_high or (too_low and low is not None and low < 0)
+            raise ValueProblem(f"expected {limit if (limit and past) else what}, found {shown}", value.span, hint)
         return number
     return check
 
@@ -245,10 +331,17 @@ def _describe(value: Any) -> str:
 
 
 SELECTOR = PropType("a selector", _selector, selector=True)
-POS_INT = PropType("a positive whole number", _int_check(1, "a positive whole number"))
-NONNEG_INT = PropType("a whole number ≥ 0", _int_check(0, "a whole number >= 0"))
-POS_NUMBER = PropType("a number > 0", _float_check("a number > 0", 0.0, None, True, False))
-NUMBER = PropType("a number", _float_check("a number", None, None, False, False))
+_SCALE = f"{MAX_SCALE_PROPERTY:,.0f}"
+_LOW = format_number(MIN_REDUCTION)
+POS_INT = PropType("a positive whole number", _int_check(1, MAX_WIDTH_PROPERTY, "a positive whole number"))
+SEED = PropType("a whole number ≥ 0", _int_check(0, MAX_SEED, "a whole number >= 0"))
+POS_NUMBER = PropType("a number > 0", _float_check("a number > 0", 0.0, MAX_SCALE_PROPERTY, True, False,
+                                                   limit=f"a number > 0 up to {_SCALE}"))
+REDUCTION = PropType(f"a number from {_LOW} to {_SCALE}",
+                     _float_check(f"a number from {_LOW} to {_SCALE}", MIN_REDUCTION, MAX_SCALE_PROPERTY,
+                                  False, False))
+NUMBER = PropType("a number", _float_check("a number", -MAX_SCALE_PROPERTY, MAX_SCALE_PROPERTY, False, False,
+                                           limit=f"a number from -{_SCALE} to {_SCALE}"))
 DROPOUT = PropType("a probability in [0, 1)",
                    _float_check("a probability in [0, 1)", 0.0, 1.0, False, True, allow_percent=True))
 DENSITY = PropType("a fraction in (0, 1] or a percentage",
@@ -270,11 +363,11 @@ PROPERTY_TYPES: dict[str, dict[str, PropType]] = {
              "bias": BOOL},
     "ia3": {"on": SELECTOR, "init": enum("ones"), "feedforward": BOOL},
     "adapter": {"after": SELECTOR, "before": SELECTOR, "parallel": SELECTOR, "size": POS_INT,
-                "reduction": POS_NUMBER, "act": enum("relu", "gelu", "silu", "tanh"), "dropout": DROPOUT,
+                "reduction": REDUCTION, "act": enum("relu", "gelu", "silu", "tanh"), "dropout": DROPOUT,
                 "scale": NUMBER, "residual": BOOL},
     "prompt": {"tokens": POS_INT, "init": PROMPT_INIT},
     "tune": {"params": SELECTOR},
     "sparse": {"on": SELECTOR, "density": DENSITY, "select": enum("magnitude", "random"),
-               "seed": NONNEG_INT},
+               "seed": SEED},
     "quantize": {"on": SELECTOR, "block": POS_INT, "double": BOOL, "compute": enum("float32", "bfloat16")},
 }
