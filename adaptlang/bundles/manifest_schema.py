@@ -184,9 +184,9 @@ def check_plan_values(plan: dict[str, Any]) -> tuple[str, str] | None:
     Returns:
         ``(field path within the plan, problem)`` of the first value out of range, or None.
     """
-    from adaptlang.spec.values import DENSITY, DROPOUT, NONNEG_INT, NUMBER, POS_INT, POS_NUMBER, PROPERTY_TYPES
+    from adaptlang.spec.values import DENSITY, DROPOUT, NUMBER, POS_INT, POS_NUMBER, PROPERTY_TYPES, REDUCTION, SEED
 
-    integral, real = (POS_INT, NONNEG_INT), (POS_NUMBER, NUMBER, DROPOUT, DENSITY)
+    integral, real = (POS_INT, SEED), (POS_NUMBER, NUMBER, DROPOUT, DENSITY, REDUCTION)
     for name, delta in plan["deltas"].items():
         types = PROPERTY_TYPES.get(delta["kind"], {})
         for i, site in enumerate(delta["sites"]):

@@ -85,14 +85,14 @@ def test_a_committed_use_that_leaves_the_repository_writes_nothing_outside(runne
 
 
 def test_a_use_climbing_from_a_subfolder_cwd_is_refused(runner, deep, tmp_path, monkeypatch):
-    """The issue's case: from specs/a/b/c, `HEAD:./s.adapt` whose `use` climbs 4 levels to a committed tmp/x."""
-    commit(deep, {"specs/a/b/c/s.adapt": f'{SPEC}use "../../../../tmp/x"\n', "tmp/x": EVIL})
+    """The issue's case: from specs/a/b/c, `HEAD:./s.adapt` whose `use` climbs 4 levels to a committed tmp/x.adapt."""
+    commit(deep, {"specs/a/b/c/s.adapt": f'{SPEC}use "../../../../tmp/x.adapt"\n', "tmp/x.adapt": EVIL})
     monkeypatch.chdir(deep / "specs" / "a" / "b" / "c")
-    outside = tmp_path / "t1" / "tmp" / "x"
+    outside = tmp_path / "t1" / "tmp" / "x.adapt"
     result = invoke(runner, "diff", "HEAD:./s.adapt", "s.adapt")
-    assert result.exit_code == 0, result.output  # inside the repository: tmp/x at HEAD, read into the temp folder
+    assert result.exit_code == 0, result.output  # inside the repository: tmp/x.adapt at HEAD, read into the temp folder
     assert not outside.exists()
-    commit(deep, {"s2.adapt": f'{SPEC}use "../../../../tmp/x"\n'})
+    commit(deep, {"s2.adapt": f'{SPEC}use "../../../../tmp/x.adapt"\n'})
     monkeypatch.chdir(deep)
     refused = invoke(runner, "diff", "HEAD:s2.adapt", "s2.adapt")
     assert refused.exit_code == 1 and "leaves the repository" in refused.stderr
