@@ -13,6 +13,23 @@ every layer may import it.
 from __future__ import annotations
 
 # --- syntax: the parser and the tree builder -------------------------------------
+#: Bytes (and characters) in one spec file. Far past a 1,000-line spec (~30 KB), and past a
+#: generated 10 MB spec of many deltas, which parses in well under a minute; parsing costs about
+#: a few hundred bytes of memory per byte of spec, so this keeps one file under a few GB.
+MAX_SPEC_FILE_BYTES = 16 * 1024 * 1024
+#: Characters in one string literal. Soft-prompt init texts are the longest real strings
+#: (a few KB); 1 MiB leaves room for a long document pasted in while bounding one token.
+MAX_STRING_LITERAL_CHARS = 1024 * 1024
+#: Characters in one number literal (`rank 8`, `0.25`, `1e-4`, `5%`). Python refuses to turn
+#: more than 4,300 digits into an int; no real value needs more than ~20.
+MAX_NUMBER_LITERAL_CHARS = 100
+#: Brackets and unary minus signs open at once: `(`, `{`, `[`, `frozen(`, `-`. Real specs use
+#: 3 or 4; every later tree walk recurses on nesting, so this bounds their depth too.
+#: Long flat chains (`1 + 1 + ... + 1`) are not nesting and have no limit.
+MAX_NESTING_DEPTH = 100
+#: Errors reported per file; the rest are counted in one closing note (a generated spec with
+#: one mistake repeated 20,000 times would otherwise print 20,000 errors).
+MAX_ERRORS_PER_FILE = 100
 
 
 # --- spec: lowering, constants, `use` --------------------------------------------

@@ -137,7 +137,7 @@ def format_module(module: ast.Module) -> str:
     lines: list[Line] = []
     for i, stmt in enumerate(statements):
         lines.extend(statement_lines(stmt, i))
-    src_lines = module.source.splitlines()
+    src_lines = module.source.split("\n")  # lines as the parser counts them (not at form feeds)
     # A comment with code before it on its line trails that code; others stand on their own line.
     trailing = {c.span.line for c in module.comments if src_lines[c.span.line - 1][: c.span.col - 1].strip()}
     lines = place_comments(lines, module.comments, src_lines, trailing, len(statements))
