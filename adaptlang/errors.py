@@ -22,7 +22,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from adaptlang.limits import MAX_ERRORS_PER_FILE
+from adaptlang.limits import MAX_ERRORS_PER_FILE, MAX_SUGGESTION_CANDIDATES
 
 __all__ = [
     "AdaptError",
@@ -262,9 +262,17 @@ def suggest(word: str, candidates: Iterable[str], n: int = 1, cutoff: float = 0.
         cutoff: Similarity threshold in [0, 1] (difflib ratio).
 
     Returns:
-        The best matches, best first; empty when nothing is close.
+        The best matches, best first; empty when nothing is close, or when
+        there are more than :data:`~adaptlang.limits.MAX_SUGGESTION_CANDIDATES`
+        candidates (each error would compare against all of them: 20,000
+        unknown names among 20,000 constants took minutes).
     """
-    return difflib.get_close_matches(word, sorted(set(candidates)), n=n, cutoff=cutoff)
+    if hasattr(candidates, "__len__") and len(candidates) > MAX_SUGGESTION_CANDIDATES:  # type: ignore[arg-type]
+        return []
+    pool = sorted(set(candidates))
+    if len(pool) > MAX_SUGGESTION_CANDIDATES:
+        return []
+    return difflib.get_close_matches(word, pool, n=n, cutoff=cutoff)
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:

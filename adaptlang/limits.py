@@ -30,6 +30,9 @@ MAX_NESTING_DEPTH = 100
 #: Errors reported per file; the rest are counted in one closing note (a generated spec with
 #: one mistake repeated 20,000 times would otherwise print 20,000 errors).
 MAX_ERRORS_PER_FILE = 100
+#: Names a "did you mean" hint compares against; past it, no hint (one comparison per name per
+#: error made 20,000 unknown names among 20,000 constants quadratic). Real specs have tens.
+MAX_SUGGESTION_CANDIDATES = 300
 
 
 # --- spec: lowering, constants, `use` --------------------------------------------
