@@ -38,7 +38,7 @@ _TERMINAL_WORDS = {
 
 _STATEMENT_START = re.compile(
     r"\s*(?:(?:adaptlang|model|let|use|task|quantize)\b|[A-Za-z_]\w*\s+[A-Za-z_]\w*\s*\{)")
-_STRING = re.compile(r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"?')  # unrolled: no memory per character
+_STRING = re.compile(r'"[^"\\\n]*(?:\\.[^"\\\n]*)*+"?')  # unrolled: no memory per character
 _LAST_TOKEN = re.compile(r"([A-Za-z0-9_@.%]+|\S)\s*$")
 
 

@@ -117,9 +117,10 @@ def get_parser() -> Lark:
                 start=["start", "selector_start"])
 
 
-# Unrolled (`[^"\\]*(\\.[^"\\]*)*`): a single-character repeat scans without a backtracking
-# frame per character, so a long string costs no memory (`(a|b)*` costs ~400 bytes a character).
-_COMMENT_OR_STRING = re.compile(r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"|#[^\r\n]*')
+# Unrolled and possessive (`[^"\\]*(?:\\.[^"\\]*)*+`): a single-character repeat scans without a
+# backtracking frame per character, and `*+` keeps none per escape, so a long string costs no
+# memory (`(a|b)*` cost ~400 bytes a character).
+_COMMENT_OR_STRING = re.compile(r'"[^"\\\n]*(?:\\.[^"\\\n]*)*+"|#[^\r\n]*')
 
 
 def scan_comments(text: str, file: str = "<string>") -> list[ast.Comment]:
