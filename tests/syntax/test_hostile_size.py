@@ -120,3 +120,21 @@ def test_the_parser_builds_no_parse_tree_and_keeps_no_garbage():
     size = len(blocks(10_000)) / MB
     assert peak_big < 12 * peak_small
     assert peak_big < 300 * size, (peak_big, size)  # MB per MB of spec: the AST itself
+
+
+# (id, text): layouts the formatter once crashed on or took quadratic time over.
+FORMAT = [
+    ("comment_after_semicolon_before_header", "; # c\nadaptlang 1\n"),  # was ValueError (exit 3)
+    ("20000_comments_after_semicolons_in_a_block",  # was 30 s: a scan of every line per comment
+     HEADER + "let b = 2\n" * 20_000 + "lora d {\n    on q_proj\n" + ";  # c\n" * 20_000 + "}\n"),
+    ("100000_own_line_comments", HEADER + "# c\n" * 100_000 + "let a = 1\n"),
+]
+
+
+@pytest.mark.parametrize("text", [pytest.param(t, id=i) for i, t in FORMAT])
+def test_formatting_odd_layouts_is_fast_and_stable(text, tmp_path):
+    start = time.perf_counter()
+    once = format_text(text)
+    assert time.perf_counter() - start < 20
+    assert format_text(once) == once
+    expect_accepted(text, tmp_path)
