@@ -126,7 +126,7 @@ def test_the_parser_builds_no_parse_tree_and_keeps_no_garbage():
 FORMAT = [
     ("comment_after_semicolon_before_header", "; # c\nadaptlang 1\n"),  # was ValueError (exit 3)
     ("20000_comments_after_semicolons_in_a_block",  # was 30 s: a scan of every line per comment
-     HEADER + "let b = 2\n" * 20_000 + "lora d {\n    on q_proj\n" + ";  # c\n" * 20_000 + "}\n"),
+     HEADER + "".join(f"let b{i} = 2\n" for i in range(20_000)) + "lora d {\n    on q_proj\n" + ";  # c\n" * 20_000 + "}\n"),
     ("100000_own_line_comments", HEADER + "# c\n" * 100_000 + "let a = 1\n"),
 ]
 
