@@ -46,7 +46,7 @@ NESTABLE = [
 @st.composite
 def nested(draw) -> str:
     before, opening, core, closing, after = draw(st.sampled_from(NESTABLE))
-    depth = draw(st.integers(0, 3 * MAX_NESTING_DEPTH))
+    depth = draw(st.integers(0, 10 * MAX_NESTING_DEPTH))
     closed = draw(st.integers(0, depth)) if draw(st.booleans()) else depth  # sometimes unbalanced
     return before + opening * depth + core + closing * closed + after
 
