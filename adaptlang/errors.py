@@ -10,16 +10,20 @@ fault) and renders itself as::
         ^^^^
       help: did you mean 'rank'?
 
-This module imports nothing from the rest of the package (it is the bottom
-layer), so every other layer may raise these errors.
+This module imports nothing from the rest of the package but
+:mod:`adaptlang.limits` (it is the bottom layer), so every other layer may
+raise these errors.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
+
+from adaptlang.limits import MAX_ERRORS_PER_FILE, MAX_SUGGESTION_CANDIDATES
 
 __all__ = [
     "AdaptError",
@@ -149,12 +153,36 @@ class Diagnostic:
         """Returns a copy that carries the line of ``text`` its span points at."""
         if self.span is None or self.source_line is not None:
             return self
-        # Lines end at "\n" only, as the parser counts them: str.splitlines would also break at
-        # form feeds, \x1c-\x1e, NEL and U+2028, and point the caret at another line.
-        src_lines = text.split("\n")
-        if 1 <= self.span.line <= len(src_lines):
-            return _replace(self, source_line=src_lines[self.span.line - 1].removesuffix("\r"))
-        return self
+        line = source_line(text, self.span.line)
+        return self if line is None else _replace(self, source_line=line)
+
+
+@functools.lru_cache(maxsize=4)
+def _line_starts(text: str) -> list[int]:
+    """Offsets where each line of ``text`` starts; computed once per text (a str caches its hash)."""
+    starts = [0]
+    find, i = text.find, text.find("\n")
+    while i >= 0:
+        starts.append(i + 1)
+        i = find("\n", i + 1)
+    return starts
+
+
+def source_line(text: str, line: int) -> str | None:
+    """Returns line ``line`` (1-based) of ``text``, or None past its end.
+
+    Lines end at ``\n`` only, as the parser counts them (``str.splitlines``
+    would also split at form feeds and other separators and shift the count).
+    The line offsets are cached, so reporting many diagnostics on one text
+    costs one pass over it, not one per diagnostic.
+    """
+    starts = _line_starts(text)
+    if not 1 <= line <= len(starts):
+        return None
+    start = starts[line - 1]
+    end = starts[line] - 1 if line < len(starts) else len(text)
+    text_line = text[start:end]
+    return text_line[:-1] if text_line.endswith("\r") else text_line
 
 
 def _replace(diag: Diagnostic, **changes: object) -> Diagnostic:
@@ -177,7 +205,7 @@ class AdaptError(Exception):
             diagnostics = [Diagnostic(diagnostics, **kwargs)]  # type: ignore[arg-type]
         elif isinstance(diagnostics, Diagnostic):
             diagnostics = [diagnostics]
-        self.diagnostics: list[Diagnostic] = list(diagnostics)
+        self.diagnostics: list[Diagnostic] = cap_per_file(list(diagnostics))
         super().__init__(self.render())
 
     def render(self) -> str:
@@ -191,6 +219,32 @@ class AdaptError(Exception):
             for d in self.diagnostics
         ]
         return type(self)(diags)
+
+
+def cap_per_file(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    """Keeps the first :data:`~adaptlang.limits.MAX_ERRORS_PER_FILE` errors of each file.
+
+    The rest are counted in one closing ``note`` per file (kept on later
+    calls, so capping twice changes nothing). Errors without a span count
+    together, under their own heading.
+    """
+    counts: dict[str | None, int] = {}
+    kept: list[Diagnostic] = []
+    for diag in diagnostics:
+        if diag.severity != "error":
+            kept.append(diag)
+            continue
+        file = diag.span.file if diag.span is not None else None
+        counts[file] = counts.get(file, 0) + 1
+        if counts[file] <= MAX_ERRORS_PER_FILE:
+            kept.append(diag)
+    for file, count in counts.items():
+        if count > MAX_ERRORS_PER_FILE:
+            kept.append(Diagnostic(
+                f"{count - MAX_ERRORS_PER_FILE:,} more errors not shown (MAX_ERRORS_PER_FILE = "
+                f"{MAX_ERRORS_PER_FILE})", obj=file, severity="note",
+                hint="fix the errors shown, then check again"))
+    return kept
 
 
 class SpecError(AdaptError):
@@ -250,9 +304,17 @@ def suggest(word: str, candidates: Iterable[str], n: int = 1, cutoff: float = 0.
         cutoff: Similarity threshold in [0, 1] (difflib ratio).
 
     Returns:
-        The best matches, best first; empty when nothing is close.
+        The best matches, best first; empty when nothing is close, or when
+        there are more than :data:`~adaptlang.limits.MAX_SUGGESTION_CANDIDATES`
+        candidates (each error would compare against all of them: 20,000
+        unknown names among 20,000 constants took minutes).
     """
-    return difflib.get_close_matches(word, sorted(set(candidates)), n=n, cutoff=cutoff)
+    if hasattr(candidates, "__len__") and len(candidates) > MAX_SUGGESTION_CANDIDATES:  # type: ignore[arg-type]
+        return []
+    pool = sorted(set(candidates))
+    if len(pool) > MAX_SUGGESTION_CANDIDATES:
+        return []
+    return difflib.get_close_matches(word, pool, n=n, cutoff=cutoff)
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:

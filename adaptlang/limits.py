@@ -13,6 +13,26 @@ every layer may import it.
 from __future__ import annotations
 
 # --- syntax: the parser and the tree builder -------------------------------------
+#: Bytes (and characters) in one spec file. Far past a 1,000-line spec (~30 KB), and past a
+#: generated 10 MB spec of 200,000 deltas (it loads in ~45 s with ~2.1 GB: the AST and the spec
+#: cost ~200 bytes per byte of source), so one file stays under ~75 s and ~3.5 GB.
+MAX_SPEC_FILE_BYTES = 16 * 1024 * 1024
+#: Characters in one string literal. Soft-prompt init texts are the longest real strings
+#: (a few KB); 1 MiB leaves room for a long document pasted in while bounding one token.
+MAX_STRING_LITERAL_CHARS = 1024 * 1024
+#: Characters in one number literal (`rank 8`, `0.25`, `1e-4`, `5%`). Python refuses to turn
+#: more than 4,300 digits into an int; no real value needs more than ~20.
+MAX_NUMBER_LITERAL_CHARS = 100
+#: Brackets and unary minus signs open at once: `(`, `{`, `[`, `frozen(`, `-`. Real specs use
+#: 3 or 4; every later tree walk recurses on nesting, so this bounds their depth too.
+#: Long flat chains (`1 + 1 + ... + 1`) are not nesting and have no limit.
+MAX_NESTING_DEPTH = 100
+#: Errors reported per file; the rest are counted in one closing note (a generated spec with
+#: one mistake repeated 20,000 times would otherwise print 20,000 errors).
+MAX_ERRORS_PER_FILE = 100
+#: Names a "did you mean" hint compares against; past it, no hint (one comparison per name per
+#: error made 20,000 unknown names among 20,000 constants quadratic). Real specs have tens.
+MAX_SUGGESTION_CANDIDATES = 300
 
 
 # --- spec: lowering, constants, `use` --------------------------------------------
@@ -34,8 +54,7 @@ MAX_SEED = (1 << 63) - 1
 MAX_TASK_WEIGHT = 1e6
 #: Deepest chain of ``use`` (a uses b uses c ...); real specs use one or two levels.
 MAX_USE_DEPTH = 64
-#: Largest file ``use`` reads (and the root spec file), in bytes.
-MAX_SPEC_FILE_BYTES = 64 * 1024 * 1024
+# MAX_SPEC_FILE_BYTES (syntax section) bounds the root spec file and every file it ``use``s.
 
 
 # --- plan: models, configs, selectors --------------------------------------------

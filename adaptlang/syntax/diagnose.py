@@ -22,7 +22,7 @@ from typing import Any, Callable
 from lark import Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
-from adaptlang.errors import Diagnostic, Span
+from adaptlang.errors import Diagnostic, Span, SpecError, source_line
 
 __all__ = ["ErrorContext", "diagnose", "describe_terminal", "example_index"]
 
@@ -38,7 +38,7 @@ _TERMINAL_WORDS = {
 
 _STATEMENT_START = re.compile(
     r"\s*(?:(?:adaptlang|model|let|use|task|quantize)\b|[A-Za-z_]\w*\s+[A-Za-z_]\w*\s*\{)")
-_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"?')
+_STRING = re.compile(r'"[^"\\\n]*(?:\\.[^"\\\n]*)*+"?')  # unrolled: no memory per character
 _LAST_TOKEN = re.compile(r"([A-Za-z0-9_@.%]+|\S)\s*$")
 
 
@@ -90,8 +90,7 @@ class ErrorContext:
     @property
     def line_text(self) -> str:
         """The text of the error's line."""
-        lines = self.text.splitlines()
-        return lines[self.line - 1] if 0 < self.line <= len(lines) else ""
+        return source_line(self.text, self.line) or ""
 
     @property
     def before(self) -> str:
@@ -335,7 +334,7 @@ def example_index() -> dict[int, list[tuple[str, str, Label]]]:
         for snippet in snippets:
             try:
                 parser.parse(snippet, start=start)
-            except UnexpectedCharacters:
+            except (UnexpectedCharacters, SpecError):  # SpecError: a literal the builder refuses
                 continue
             except UnexpectedInput as exc:
                 state = _state_id(exc.state)

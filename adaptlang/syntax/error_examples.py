@@ -79,7 +79,7 @@ def delta_name(ctx: ErrorContext) -> Result:
 def block_open(ctx: ErrorContext) -> Result:
     words = ctx.before.split("#")[0].split()
     if not words:  # `lora a` ended its line: the head is on the line above
-        above = [l.split("#")[0].strip() for l in ctx.text.splitlines()[: ctx.line - 1]]
+        above = [l.split("#")[0].strip() for l in ctx.text.split("\n")[: ctx.line - 1]]
         words = next((l.split() for l in reversed(above) if l), [])
     head = " ".join(words[:2])
     return f"expected '{{' after `{head}`, found {ctx.found}", f"open the block: `{head} {{`"

@@ -20,6 +20,7 @@ so it cannot change what a spec means.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,7 +138,7 @@ def format_module(module: ast.Module) -> str:
     lines: list[Line] = []
     for i, stmt in enumerate(statements):
         lines.extend(statement_lines(stmt, i))
-    src_lines = module.source.splitlines()
+    src_lines = module.source.split("\n")  # lines as the parser counts them (not at form feeds)
     # A comment with code before it on its line trails that code; others stand on their own line.
     trailing = {c.span.line for c in module.comments if src_lines[c.span.line - 1][: c.span.col - 1].strip()}
     lines = place_comments(lines, module.comments, src_lines, trailing, len(statements))
@@ -157,6 +158,7 @@ def place_comments(lines: list[Line], comments: list[ast.Comment], src_lines: li
     by_line: dict[int, list[Line]] = {}
     for line in lines:
         by_line.setdefault(line.src, []).append(line)
+    srcs = [line.src for line in lines]  # ascending: statements and their lines come in source order
     own: list[ast.Comment] = []
     last_trailing: tuple[int, int, Line] | None = None  # (line, column, host)
     for comment in comments:
@@ -175,8 +177,14 @@ def place_comments(lines: list[Line], comments: list[ast.Comment], src_lines: li
         else:
             # Code on this line, but none of our lines starts here (a lone `{` or `;`): join the
             # line above unless own-line comments sit in between (their order must not change).
-            host = max((l for l in lines if l.src < comment.span.line), key=lambda l: l.src)
-            if any(c.span.line > host.src for c in own):
+            # The first of the last lines above (bisect: a scan per comment was quadratic).
+            below = bisect.bisect_left(srcs, comment.span.line)
+            if below == 0:  # `; # c` before the first statement: nothing above to trail
+                own.append(comment)
+                last_trailing = None
+                continue
+            host = lines[bisect.bisect_left(srcs, srcs[below - 1])]
+            if own and own[-1].span.line > host.src:  # `own` is in source order
                 own.append(comment)
                 last_trailing = None
                 continue
@@ -188,13 +196,14 @@ def place_comments(lines: list[Line], comments: list[ast.Comment], src_lines: li
             host.comment_gap = len(code) - len(code.rstrip())
         last_trailing = (comment.span.line, comment.span.col, host)
     out: list[Line] = []
-    pending = own
+    next_own = 0
     for line in lines:
-        while pending and pending[0].span.line < line.src:
-            c = pending.pop(0)
+        while next_own < len(own) and own[next_own].span.line < line.src:
+            c = own[next_own]
+            next_own += 1
             out.append(Line(c.span.line, line.stmt, c.text, inside=line.inside or line.closes, is_comment=True))
         out.append(line)
-    out.extend(Line(c.span.line, n_statements, c.text, is_comment=True) for c in pending)
+    out.extend(Line(c.span.line, n_statements, c.text, is_comment=True) for c in own[next_own:])
     return out
 
 

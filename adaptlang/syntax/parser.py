@@ -12,16 +12,21 @@ them by a separate pass so that the formatter can put them back.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import re
+import threading
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
 from lark import Lark, Token
-from lark.exceptions import UnexpectedInput, VisitError
+from lark.exceptions import UnexpectedInput
 
 from adaptlang.errors import Diagnostic, Span, SpecError, UsageError
+from adaptlang.limits import MAX_NESTING_DEPTH, MAX_SPEC_FILE_BYTES
 from adaptlang.syntax import ast
 from adaptlang.syntax.build import AstBuilder
 
@@ -31,11 +36,26 @@ __all__ = ["get_parser", "parse_file", "parse_selector", "parse_text", "scan_com
 SUPPORTED_VERSIONS = (1,)
 
 
-class FoldNewlines:
-    """Post-lexer: one ``_NL`` token per run of line ends (and ``;``).
+_OPENERS = frozenset(("LPAR", "LBRACE", "LSQB"))
+_CLOSERS = frozenset(("RPAR", "RBRACE", "RSQB"))
+
+
+class PostLexer:
+    """Post-lexer: one ``_NL`` token per run of line ends (and ``;``), and the nesting limit.
 
     Blank lines and comment-only lines would otherwise give the grammar runs
     of newlines to allow everywhere; folding keeps the grammar LALR(1).
+
+    Nesting is counted here, on the token stream, so that it is refused
+    before any tree is built: each open bracket counts one, and so does each
+    ``-`` of a run of minus signs (``- - -x`` nests three negations; a ``-``
+    before ``(`` stays counted until the ``)``). Flat chains (``a + b + c``)
+    open nothing and cost nothing.
+
+    Raises:
+        SpecError: When the depth passes :data:`~adaptlang.limits.MAX_NESTING_DEPTH`,
+            located at the bracket or sign that went too deep. The parser
+            fills in the file name.
     """
 
     always_accept = ("_NL",)
@@ -43,13 +63,34 @@ class FoldNewlines:
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
         """Yields the tokens of ``stream`` with repeated ``_NL`` tokens dropped."""
         previous_nl = False
+        depth = 0  # brackets and signs open, the current run of minus signs included
+        opened: list[int] = []  # what each open bracket added to ``depth`` (itself and the signs before it)
+        run = 0  # minus signs just before this token
         for tok in stream:
-            if tok.type == "_NL":
+            kind = tok.type
+            if kind == "_NL":
                 if previous_nl:
                     continue
                 previous_nl = True
             else:
                 previous_nl = False
+            if kind == "MINUS":
+                run += 1
+                depth += 1
+            elif kind in _OPENERS:
+                depth += 1
+                opened.append(run + 1)
+                run = 0
+            else:
+                depth -= run
+                run = 0
+                if kind in _CLOSERS and opened:
+                    depth -= opened.pop()
+            if depth > MAX_NESTING_DEPTH:
+                raise SpecError(Diagnostic(
+                    f"nested more than {MAX_NESTING_DEPTH} deep (MAX_NESTING_DEPTH): brackets and "
+                    "minus signs open here", span=Span("<string>", tok.line, tok.column, tok.line, tok.column + 1),
+                    hint="name the inner parts with `let` or `task`, or remove brackets that add nothing"))
             yield tok
 
 
@@ -58,15 +99,28 @@ def read_grammar() -> str:
     return resources.files("adaptlang.grammar").joinpath("adapt.lark").read_text(encoding="utf-8")
 
 
+#: The builder the parser calls as it reduces rules; its ``file`` and ``source`` are set per parse.
+_BUILDER = AstBuilder()
+#: One parse at a time uses ``_BUILDER`` (a parse holds the GIL throughout anyway).
+_LOCK = threading.RLock()
+
+
 @functools.lru_cache(maxsize=1)
 def get_parser() -> Lark:
-    """Returns the process-wide Lark parser (built on first use)."""
-    return Lark(read_grammar(), parser="lalr", lexer="contextual", postlex=FoldNewlines(),
-                propagate_positions=True, maybe_placeholders=True,
+    """Returns the process-wide Lark parser (built on first use).
+
+    The AST builder runs inside the LALR parser, so a parse builds the AST
+    directly: no parse tree, no recursive walk, memory linear in the input.
+    """
+    return Lark(read_grammar(), parser="lalr", lexer="contextual", postlex=PostLexer(),
+                transformer=_BUILDER, propagate_positions=False, maybe_placeholders=True,
                 start=["start", "selector_start"])
 
 
-_COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\r\n]*')
+# Unrolled and possessive (`[^"\\]*(?:\\.[^"\\]*)*+`): a single-character repeat scans without a
+# backtracking frame per character, and `*+` keeps none per escape, so a long string costs no
+# memory (`(a|b)*` cost ~400 bytes a character).
+_COMMENT_OR_STRING = re.compile(r'"[^"\\\n]*(?:\\.[^"\\\n]*)*+"|#[^\r\n]*')
 
 
 def scan_comments(text: str, file: str = "<string>") -> list[ast.Comment]:
@@ -77,7 +131,7 @@ def scan_comments(text: str, file: str = "<string>") -> list[ast.Comment]:
         file: The file name spans carry.
     """
     comments = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):  # lines as the parser counts them
         if "#" not in line:
             continue
         for m in _COMMENT_OR_STRING.finditer(line):
@@ -104,6 +158,7 @@ def parse_text(text: str, file: str = "<string>") -> ast.Module:
             header; the diagnostic carries the source line.
     """
     text = text[1:] if text.startswith("\ufeff") else text
+    check_size(len(text), file, "characters")
     module = _run(text, file, "start")
     module = module.model_copy(update={"comments": scan_comments(text, file)})
     check_header(module)
@@ -119,6 +174,8 @@ def parse_file(path: str | Path) -> ast.Module:
     """
     path = Path(path)
     try:
+        if path.is_file():  # before reading it all: a huge file is refused without being read
+            check_size(path.stat().st_size, str(path), "bytes")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(Diagnostic("no such file", obj=str(path))) from None
@@ -136,22 +193,54 @@ def parse_selector(text: str, file: str = "<selector>") -> ast.Selector:
     return _run(text, file, "selector_start")
 
 
+def check_size(size: int, file: str, unit: str) -> None:
+    """Refuses a spec larger than :data:`~adaptlang.limits.MAX_SPEC_FILE_BYTES`.
+
+    Raises:
+        SpecError: Naming the file, its size and the limit.
+    """
+    if size > MAX_SPEC_FILE_BYTES:
+        raise SpecError(Diagnostic(
+            f"the spec has {size:,} {unit}, more than the limit of {MAX_SPEC_FILE_BYTES:,} "
+            "(MAX_SPEC_FILE_BYTES)", obj=file,
+            hint="split it into files joined with `use`, or generate less"))
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Pauses the cyclic garbage collector during a parse.
+
+    A parse allocates millions of small objects and frees none of them in
+    cycles; the collector would rescan the growing heap again and again
+    (two thirds of the time of a 1 MB spec). Restored afterwards as it was.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _run(text: str, file: str, start: str):
-    """Parses ``text`` from rule ``start`` and builds the AST, turning every failure into a SpecError."""
+    """Parses ``text`` from rule ``start`` into the AST, turning every failure into a SpecError."""
     from adaptlang.syntax.diagnose import diagnose
 
     parser = get_parser()
-    try:
-        tree = parser.parse(text, start=start)
-    except UnexpectedInput as exc:
-        diag = diagnose(exc, text, file, start)
-        raise SpecError(diag.with_source(text)) from None
-    try:
-        return AstBuilder(file, text).transform(tree)
-    except VisitError as exc:
-        if isinstance(exc.orig_exc, SpecError):
-            raise exc.orig_exc.with_source(text, file) from None
-        raise
+    with _LOCK, _no_gc():
+        _BUILDER.file, _BUILDER.source = file, text
+        try:
+            return parser.parse(text, start=start)
+        except UnexpectedInput as exc:
+            diag = diagnose(exc, text, file, start)
+            raise SpecError(diag.with_source(text)) from None
+        except SpecError as exc:  # a limit, from the post-lexer (no file name there) or the builder
+            diags = [replace(d, span=replace(d.span, file=file)) if d.span is not None else d
+                     for d in exc.diagnostics]
+            raise SpecError(diags).with_source(text, file) from None
+        finally:
+            _BUILDER.source = ""
 
 
 def check_header(module: ast.Module) -> None:

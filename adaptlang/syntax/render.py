@@ -33,7 +33,13 @@ def render_expr(expr: Any) -> str:
     if isinstance(expr, ast.Name):
         return expr.name
     if isinstance(expr, ast.BinOp):
-        return f"{render_expr(expr.left)} {expr.op} {render_expr(expr.right)}"
+        # `1 + 1 + ... + 1` is a left-deep chain as long as the sum: walk its left spine in a
+        # loop (only nesting, bounded by MAX_NESTING_DEPTH, may recurse).
+        tail: list[str] = []
+        while isinstance(expr, ast.BinOp):
+            tail.append(f" {expr.op} {render_expr(expr.right)}")
+            expr = expr.left
+        return render_expr(expr) + "".join(reversed(tail))
     if isinstance(expr, ast.Neg):
         return f"-{render_expr(expr.operand)}"
     if isinstance(expr, ast.Group):
