@@ -33,14 +33,14 @@ def format_one(path: Path) -> tuple[str, str]:
     """
     from adaptlang.syntax.format import format_text
 
-    if not path.is_file():
-        raise UsageError(Diagnostic("no such file" if not path.exists() else "not a file",
-                                    obj=str(path)))
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            old = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(Diagnostic(f"cannot read: {exc}", obj=str(path))) from None
+    from adaptlang.limits import MAX_SPEC_FILE_BYTES
+    from adaptlang.textfile import FileProblem, read_text_file
+
+    try:  # the rules of every spec read: a regular file, within the limit, UTF-8 (line ends kept)
+        old = read_text_file(path, MAX_SPEC_FILE_BYTES, what="a spec file (MAX_SPEC_FILE_BYTES)")
+    except FileProblem as problem:
+        raise UsageError(Diagnostic("no such file" if problem.missing else problem.message, obj=str(path),
+                                    hint=problem.hint)) from None
     try:
         new = format_text(old, str(path))
     except AdaptError as exc:

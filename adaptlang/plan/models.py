@@ -308,7 +308,7 @@ def _read_config(config_file: Path, shown: str) -> dict[str, Any]:
     Raises:
         UsageError: Naming the file, and the field and limit where one is past.
     """
-    from adaptlang.spec.files import FileProblem, read_text_file
+    from adaptlang.textfile import FileProblem, read_text_file
 
     try:
         text = read_text_file(config_file, MAX_CONFIG_BYTES, what="a config.json (MAX_CONFIG_BYTES)")

@@ -23,7 +23,7 @@ from adaptlang.spec import model as ir
 from adaptlang.spec.blocks import lower_delta, lower_quantize
 from adaptlang.limits import MAX_SPEC_FILE_BYTES, MAX_USE_DEPTH
 from adaptlang.spec.constants import check_override, resolve_constants
-from adaptlang.spec.files import FileProblem, read_text_file, short_path
+from adaptlang.textfile import FileProblem, read_text_file, short_path
 from adaptlang.spec.tasks import TaskSource, flatten_tasks
 from adaptlang.spec.values import BROKEN
 from adaptlang.syntax import ast
@@ -151,7 +151,7 @@ class Lowerer:
         """Loads one ``use``d file (once per spec), reporting every problem at the ``use``.
 
         Only regular files whose name (and whose target, through symlinks)
-        ends in ``.adapt`` are read (see :func:`~adaptlang.spec.files.read_text_file`);
+        ends in ``.adapt`` are read (see :func:`~adaptlang.textfile.read_text_file`);
         chains of ``use`` stop at ``MAX_USE_DEPTH`` files, so loading recurses
         at most that deep.
         """

@@ -29,6 +29,7 @@ from adaptlang.errors import Diagnostic, Span, SpecError, UsageError
 from adaptlang.limits import MAX_NESTING_DEPTH, MAX_SPEC_FILE_BYTES
 from adaptlang.syntax import ast
 from adaptlang.syntax.build import AstBuilder
+from adaptlang.textfile import FileProblem, read_text_file
 
 __all__ = ["get_parser", "parse_file", "parse_selector", "parse_text", "scan_comments"]
 
@@ -174,13 +175,10 @@ def parse_file(path: str | Path) -> ast.Module:
     """
     path = Path(path)
     try:
-        if path.is_file():  # before reading it all: a huge file is refused without being read
-            check_size(path.stat().st_size, str(path), "bytes")
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(Diagnostic("no such file", obj=str(path))) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(Diagnostic(f"cannot read: {exc}", obj=str(path))) from None
+        text = read_text_file(path, MAX_SPEC_FILE_BYTES, what="a spec file (MAX_SPEC_FILE_BYTES)")
+    except FileProblem as problem:
+        raise UsageError(Diagnostic("no such file" if problem.missing else problem.message, obj=str(path),
+                                    hint=problem.hint)) from None
     return parse_text(text, str(path))
 
 

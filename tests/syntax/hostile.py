@@ -29,12 +29,15 @@ def cli(*args: Any):
 
 
 def expect_refused(text: str, words: str, tmp_path: Path, where: tuple[int, int] | None = None,
-                   commands: tuple[tuple[str, ...], ...] = (("check",), ("compile",), ("fmt", "--check"))) -> SpecError:
+                   commands: tuple[tuple[str, ...], ...] = (("check",), ("compile",), ("fmt", "--check")),
+                   exit_code: int = 1) -> SpecError:
     """Asserts that every entry point refuses ``text`` with a SpecError saying ``words``.
 
     Args:
         where: The (line, column) the first diagnostic must point at, when given.
         commands: The ``adaptc`` commands to try on a file holding ``text``.
+        exit_code: Their exit code: 1, or 2 where the file named on the command line is
+            refused as a whole (too big), a usage error like a missing file.
 
     Returns:
         The error ``load_spec`` raised.
@@ -60,7 +63,7 @@ def expect_refused(text: str, words: str, tmp_path: Path, where: tuple[int, int]
     path.write_text(text, encoding="utf-8")
     for command in commands:
         result = cli(*command, path)
-        assert result.exit_code == 1, (command, result.exit_code, result.output[-2000:])
+        assert result.exit_code == exit_code, (command, result.exit_code, result.output[-2000:])
         assert words in result.output, (command, result.output[-2000:])
     return error
 

@@ -95,8 +95,6 @@ def test_long_flat_arithmetic_parses_and_formats(text):
     assert format_text(once) == once
 
 
-@pytest.mark.xfail(strict=False, reason="spec/values.py evaluate() recurses on BinOp.left (helper 'spec' "
-                   "to walk the left spine in a loop); the syntax layer builds and formats these fine")
 @pytest.mark.parametrize("text, value", [pytest.param(t, v, id=i) for i, t, v in FLAT_ARITHMETIC])
 def test_long_flat_arithmetic_loads_and_checks(text, value, tmp_path):
     spec = expect_accepted(text, tmp_path)

@@ -52,8 +52,6 @@ def test_unrepresentable_literals_are_located_errors(text, words, where, tmp_pat
 
 # (id, text): literals at the edge of what is representable are the spec layer's to judge, not refused here.
 ACCEPTED = [
-    ("let_1e308", HEADER + "let a = 1e308\n"),
-    ("let_int_100_digits", HEADER + "let a = " + "1" * MAX_NUMBER_LITERAL_CHARS + "\n"),
     ("let_zero_written_long", HEADER + "let a = 0.000e-999\n"),
     ("let_smallest_subnormal", HEADER + "let a = 5e-324\n"),
     ("let_leading_zeros", HEADER + "let a = " + "0" * 99 + "1\n"),
@@ -63,3 +61,16 @@ ACCEPTED = [
 @pytest.mark.parametrize("text", [pytest.param(t, id=i) for i, t in ACCEPTED])
 def test_representable_literals_are_accepted(text, tmp_path):
     expect_accepted(text, tmp_path)
+
+
+@pytest.mark.parametrize("text", [pytest.param(HEADER + "let a = 1e308\n", id="let_1e308"),
+                                  pytest.param(HEADER + "let a = " + "1" * MAX_NUMBER_LITERAL_CHARS + "\n",
+                                               id="let_int_100_digits")])
+def test_representable_literals_parse_and_the_spec_layer_judges_their_range(text):
+    from adaptlang.errors import SpecError
+    from adaptlang.spec import load_spec
+    from adaptlang.syntax.parser import parse_text
+
+    parse_text(text)  # the literal itself is fine
+    with pytest.raises(SpecError, match=r"MAX_SPEC_NUMBER"):
+        load_spec(text)

@@ -21,7 +21,7 @@ from .hostile import HEADER, cli, expect_accepted, expect_refused, timed
 
 MB = 1024 * 1024
 STRING_LIMIT = f"longer than the limit of {MAX_STRING_LITERAL_CHARS:,} (MAX_STRING_LITERAL_CHARS)"
-FILE_LIMIT = f"more than the limit of {MAX_SPEC_FILE_BYTES:,} (MAX_SPEC_FILE_BYTES)"
+FILE_LIMIT = f"limit of {MAX_SPEC_FILE_BYTES:,}"  # as text: "... (MAX_SPEC_FILE_BYTES)"; as a file: "... bytes for a spec file (MAX_SPEC_FILE_BYTES)"
 
 
 def prompt(init: str) -> str:
@@ -50,10 +50,11 @@ def test_refused_cheaply(text, words, where, tmp_path):
     assert words in str(error)[:5000], str(error)[:2000]
     assert seconds < 60
     assert peak_mb < 40 * len(text) / MB + 50, peak_mb  # before: ~430 bytes a byte of string
-    expect_refused(text, words, tmp_path, where)
+    # A file named on the command line that is too big is refused before it is read: exit 2.
+    expect_refused(text, words, tmp_path, where, exit_code=2 if words == FILE_LIMIT else 1)
 
 
-def test_a_lone_carriage_return_is_a_stray_character_in_text_and_a_line_end_in_a_file(tmp_path):
+def test_a_lone_carriage_return_is_a_stray_character_in_text_and_in_a_file(tmp_path):
     from adaptlang.errors import SpecError
 
     text = HEADER + "let a = 1\rlet b = 2\n"
@@ -61,7 +62,10 @@ def test_a_lone_carriage_return_is_a_stray_character_in_text_and_a_line_end_in_a
         load_spec(text)
     path = tmp_path / "cr.adapt"
     path.write_text(text, encoding="utf-8")
-    result = cli("check", path)  # files are read with universal newlines: there `\r` ends a line
+    result = cli("check", path)  # a file reads as its text does: a lone `\r` ends no line
+    assert result.exit_code == 1 and "stray character" in result.output, result.output
+    path.write_bytes((HEADER + "let a = 1\nlet b = 2\n").replace("\n", "\r\n").encode())
+    result = cli("check", path)  # Windows line ends are line ends
     assert result.exit_code == 0, result.output
 
 

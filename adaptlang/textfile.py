@@ -11,8 +11,10 @@ reads at most the limit, and decodes strict UTF-8. Every failure is a
 :class:`FileProblem` whose message names the path and the reason, never the
 file's content.
 
-The planner reads ``config.json`` through the same function
-(:mod:`adaptlang.plan.models`).
+Every reader of such files goes through it: the parser's :func:`parse_file`,
+``adaptc fmt``, ``use`` (:mod:`adaptlang.spec.lower`) and the planner's
+``config.json`` (:mod:`adaptlang.plan.models`). It sits at the bottom of the
+layers, beside :mod:`adaptlang.errors` and :mod:`adaptlang.limits`.
 """
 
 from __future__ import annotations
