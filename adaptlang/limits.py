@@ -92,6 +92,8 @@ BUNDLE_MAX_PATTERN_CHARS = 1_000
 #: Characters of a PEFT ``prompt_tuning_init_text``: it becomes a string literal in the imported
 #: spec. Real ones are a sentence or a paragraph.
 BUNDLE_MAX_PEFT_TEXT_CHARS = 100_000
+#: Bytes of an ``adapt.lock`` (a few hundred bytes per spec; real ones are under 100 KB).
+MAX_LOCK_FILE_BYTES = 16 * 1024 * 1024
 
 
 # --- cli: paths and files written ------------------------------------------------

@@ -252,7 +252,7 @@ def read_header(path: Path | str) -> SafetensorsHeader:
     """
     path = Path(path)
     if not path.is_file():
-        raise _error(path, "no such file" if not path.exists() else "not a file")
+        raise _error(path, "no such file" if not path.exists() else "not a regular file")
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:

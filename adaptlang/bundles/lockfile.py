@@ -141,13 +141,17 @@ def read_lock(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise UsageError(Diagnostic("the lock file is a folder", obj=str(path),
                                     hint="--lockfile names a file, e.g. adapt.lock"))
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(Diagnostic("no lock file", obj=str(path),
                                     hint="create it with `adaptc lock SPEC... --model M`"))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, ValueError) as exc:
-        raise UsageError(Diagnostic(f"cannot read the lock file: {exc}", obj=str(path))) from None
+    from adaptlang.limits import MAX_LOCK_FILE_BYTES
+    from adaptlang.textfile import FileProblem, read_text_file
+
+    try:  # a committed link to /dev/zero must not hang `lock --check`
+        text = read_text_file(path, MAX_LOCK_FILE_BYTES, what="a lock file (MAX_LOCK_FILE_BYTES)")
+    except FileProblem as problem:
+        raise UsageError(Diagnostic(f"cannot read the lock file: {problem.message}", obj=str(path),
+                                    hint=problem.hint)) from None
     return parse_lock(text, str(path))
 
 

@@ -112,10 +112,14 @@ def read_peft_config(config_file: Path) -> dict[str, Any]:
         BundleError: Unreadable, not JSON, nested too deep, a field of the
             wrong type or out of range, or a bad pattern; naming the file and the field.
     """
-    try:
-        text = config_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(Diagnostic(f"cannot read adapter_config.json: {exc}", obj=str(config_file))) from None
+    from adaptlang.limits import MAX_CONFIG_BYTES
+    from adaptlang.textfile import FileProblem, read_text_file
+
+    try:  # a regular file within the limit: a stranger's folder may hold a FIFO or a link to /dev/zero
+        text = read_text_file(config_file, MAX_CONFIG_BYTES, what="a config file (MAX_CONFIG_BYTES)")
+    except FileProblem as problem:
+        raise BundleError(Diagnostic(f"cannot read adapter_config.json: {problem.message}", obj=str(config_file),
+                                     hint=problem.hint)) from None
     data = parse_json(text, str(config_file), "adapter_config.json")
     if not isinstance(data, dict):
         raise BundleError(Diagnostic("adapter_config.json is not a JSON object", obj=str(config_file)))

@@ -92,7 +92,7 @@ def require_file(path: Path) -> Path:
     if not path.exists():
         raise UsageError(Diagnostic("no such file", obj=str(path), hint="check the spec path"))
     if not path.is_file():
-        raise UsageError(Diagnostic("not a file", obj=str(path)))
+        raise UsageError(Diagnostic("not a regular file", obj=str(path)))
     return path
 
 

@@ -136,13 +136,13 @@ def attach_source(diag: Diagnostic) -> Diagnostic:
     """Returns ``diag`` with its source line filled in from disk, when possible."""
     if diag.span is None or diag.source_line is not None:
         return diag
-    path = Path(diag.span.file)
+    from adaptlang.limits import MAX_SPEC_FILE_BYTES
+    from adaptlang.textfile import FileProblem, read_text_file
+
     try:
-        if path.is_file():
-            return diag.with_source(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
-        pass
-    return diag
+        return diag.with_source(read_text_file(diag.span.file, MAX_SPEC_FILE_BYTES))
+    except FileProblem:
+        return diag
 
 
 def plain(text: object, style: str = "") -> Text:

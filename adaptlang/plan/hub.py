@@ -270,10 +270,16 @@ def _check_weights(ref: str, repo_id: str, folder: Path) -> None:
                  + ("" if not _offline() else "; offline, only what is cached counts")))
     index = folder / "model.safetensors.index.json"
     if index.is_file():
+        from adaptlang.limits import MAX_CONFIG_BYTES
+        from adaptlang.textfile import FileProblem, read_text_file
+
         try:
-            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UsageError(Diagnostic(f"cannot read {index}: {exc}", obj=ref)) from None
+            text = read_text_file(index, MAX_CONFIG_BYTES, what="a weight index (MAX_CONFIG_BYTES)")
+            shards = set(json.loads(text)["weight_map"].values())
+        except FileProblem as problem:
+            raise UsageError(Diagnostic(f"cannot read {index}: {problem.message}", obj=ref)) from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise UsageError(Diagnostic(f"cannot read {index}: {type(exc).__name__}", obj=ref)) from None
         absent = sorted(name for name in shards if not (folder / name).is_file())
         if absent:
             raise NoSafeWeightsError(Diagnostic(

@@ -82,7 +82,7 @@ def read_data(path: str | Path) -> DataFile:
         raise UsageError(Diagnostic(f"no such data file: {path}", obj=str(path),
                                     hint="give the path of a .jsonl, .csv or .parquet file"))
     if not path.is_file():
-        raise UsageError(Diagnostic(f"{path} is not a file", obj=str(path)))
+        raise UsageError(Diagnostic(f"{path} is not a regular file", obj=str(path)))
     builder = SUPPORTED.get(path.suffix.lower())
     if builder is None:
         raise UsageError(Diagnostic(

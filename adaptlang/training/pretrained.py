@@ -22,7 +22,6 @@ initialised at random (a classification head on a bare encoder):
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,17 +139,15 @@ def _directory(path: Path, head: str, labels: Labels | None, name: str, kind: st
     import torch
     import transformers
 
+    from adaptlang.plan.model_config import read_config
     from adaptlang.plan.models import head_class
 
     config_file = path / "config.json"
     if not path.is_dir() or not config_file.is_file():
         raise UsageError(Diagnostic(f"'{path}' is not a Hugging Face model folder (no config.json)", obj=str(path),
                                     hint="point --model at a folder holding config.json and model.safetensors"))
-    try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(Diagnostic(f"cannot read {config_file}: {exc}", obj=str(config_file))) from None
-    if isinstance(raw, dict) and raw.get("auto_map"):
+    raw = read_config(config_file, str(config_file))  # within the plan limits, as for compiling
+    if raw.get("auto_map"):
         raise UsageError(Diagnostic(f"{config_file} needs custom code (auto_map), which adaptlang does not run",
                                     obj=str(config_file), hint="wrap the model in a pkg.module:factory instead"))
     if not any(path.glob("*.safetensors")):

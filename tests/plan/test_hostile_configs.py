@@ -86,9 +86,9 @@ def test_hostile_config_json_is_a_usage_error(tmp_path, make, message):
 
 
 def test_a_config_json_past_the_size_limit(tmp_path, monkeypatch):
-    import adaptlang.plan.models as models
+    import adaptlang.plan.model_config as model_config
 
-    monkeypatch.setattr(models, "MAX_CONFIG_BYTES", 1000)
+    monkeypatch.setattr(model_config, "MAX_CONFIG_BYTES", 1000)
     _json(tmp_path, padding="x" * 2000)
     with pytest.raises(UsageError, match=r"is too big: .* past the limit of 1,000 bytes for a config.json "
                                          r"\(MAX_CONFIG_BYTES\)"):

@@ -70,13 +70,13 @@ def test_a_lone_carriage_return_is_a_stray_character_in_text_and_in_a_file(tmp_p
 
 
 def test_a_huge_spec_file_is_refused_before_it_is_read(tmp_path):
-    from adaptlang.errors import SpecError
+    from adaptlang.errors import UsageError
     from adaptlang.syntax.parser import parse_file
 
     path = tmp_path / "huge.adapt"
     with path.open("wb") as f:  # sparse: 1 GB on paper, nothing on disk
         f.truncate(1024 * MB)
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(UsageError) as info:  # the file named is refused whole, as a missing one is
         parse_file(path)
     assert FILE_LIMIT in str(info.value) and str(path) in str(info.value)
 
