@@ -94,3 +94,20 @@ def assert_caret_under(stderr: str, column: int) -> None:
     caret = lines[first + 2]
     assert caret.strip() and set(caret.strip()) == {"^"}, stderr
     assert caret.index("^") == 4 + column - 1, stderr
+
+
+@pytest.fixture(scope="module")
+def peft_folder(tmp_path_factory):
+    """A LoRA adapter folder saved by PEFT for tiny Llama (copy it before changing it)."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from adaptlang.plan.models import load_model
+
+    model = get_peft_model(load_model("tiny-llama", device="cpu")[0], LoraConfig(r=2, target_modules=["q_proj"]))
+    folder = tmp_path_factory.mktemp("peft") / "adapter"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(str(folder))
+    return folder

@@ -190,23 +190,6 @@ def test_lock_check_with_allow_factory_runs_and_checks(runner, site, from_spec):
 
 # --- adapter_config.json and bundles ------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def peft_folder(tmp_path_factory):
-    """A LoRA adapter folder saved by PEFT for tiny Llama."""
-    import warnings
-
-    from peft import LoraConfig, get_peft_model
-
-    from adaptlang.plan.models import load_model
-
-    model = get_peft_model(load_model("tiny-llama", device="cpu")[0], LoraConfig(r=2, target_modules=["q_proj"]))
-    folder = tmp_path_factory.mktemp("peft") / "adapter"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.save_pretrained(str(folder))
-    return folder
-
-
 def adapter_naming(peft_folder: Path, root: Path, base: str) -> Path:
     folder = root / "adapter"
     shutil.copytree(peft_folder, folder)

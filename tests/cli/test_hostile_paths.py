@@ -199,22 +199,6 @@ def test_a_bad_set_value_is_a_usage_error(runner, work, value):
 
 # --- names that are not UTF-8 -------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def peft_folder(tmp_path_factory):
-    import warnings
-
-    from peft import LoraConfig, get_peft_model
-
-    from adaptlang.plan.models import load_model
-
-    model = get_peft_model(load_model("tiny-llama", device="cpu")[0], LoraConfig(r=2, target_modules=["q_proj"]))
-    folder = tmp_path_factory.mktemp("peft") / "adapter"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.save_pretrained(str(folder))
-    return folder
-
-
 NAMES = {"lone-ff": b"\xff", "in-the-middle": b"ad\xffx", "latin1": b"caf\xe9", "escape-too": b"\x1b[2J\xff"}
 
 

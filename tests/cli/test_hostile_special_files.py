@@ -72,22 +72,6 @@ def test_a_special_config_json_in_a_model_folder_is_refused(runner, tmp_path, ki
     refused(invoke(runner, "check", tmp_path / "s.adapt", "--model", folder), 2, "model", "(no config.json)")
 
 
-@pytest.fixture(scope="module")
-def peft_folder(tmp_path_factory):
-    import warnings
-
-    from peft import LoraConfig, get_peft_model
-
-    from adaptlang.plan.models import load_model
-
-    model = get_peft_model(load_model("tiny-llama", device="cpu")[0], LoraConfig(r=2, target_modules=["q_proj"]))
-    folder = tmp_path_factory.mktemp("peft") / "adapter"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.save_pretrained(str(folder))
-    return folder
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_special_adapter_config_is_refused(runner, tmp_path, peft_folder, kind):
     folder = tmp_path / "adapter"
