@@ -161,6 +161,10 @@ def write_files(jobs: list[tuple[Path, Writer]]) -> list[Path]:
     Stale temporaries of earlier, killed writes into the same folders are
     removed first (:func:`~adaptlang.bundles.temps.remove_stale_temps`).
     """
+    for target, _ in jobs:
+        if target.exists() and not target.is_file():  # renaming over a device would replace it
+            raise _error(target, "is not a regular file (a device, a FIFO, ...)",
+                         hint="nothing was written; a bundle replaces the file it writes: name a file")
     for folder in sorted({target.parent for target, _ in jobs}, key=str):
         remove_stale_temps(folder)  # what killed saves left here (only ours, only dead ones)
     temps: list[tuple[str, Path]] = []

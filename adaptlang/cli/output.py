@@ -179,6 +179,8 @@ def write_atomic(path: Path, text: str) -> None:
         OSError: When the folder cannot be written.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # never rename over a device or a FIFO
+        raise OSError(errno.EINVAL, "not a regular file (a device, a FIFO, ...)", str(path))
     folder = path.parent if str(path.parent) else Path(".")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
@@ -244,6 +246,12 @@ def output_file(value: object, option: str, *, stdout: bool = True) -> Path | No
         why = f"{_shown(folder)} is not a folder" if folder.exists() else f"no such folder {_shown(folder)}"
         raise UsageError(Diagnostic(f"{option} {_shown(raw)}: {why}",
                                     obj=_shown(raw), hint="create the folder first, or write elsewhere"))
+    if path.exists() and not path.is_file():
+        # The write replaces the file by renaming over it: over /dev/null (as root) that would put
+        # a plain file where the device was.
+        raise UsageError(Diagnostic(f"{option} {_shown(raw)} is not a regular file (a device, a FIFO, ...)",
+                                    obj=_shown(raw), hint="adaptc replaces the file it writes: name a file"
+                                    + (", or - for standard output" if stdout else "")))
     return path
 
 

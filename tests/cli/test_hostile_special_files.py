@@ -80,3 +80,36 @@ def test_a_special_adapter_config_is_refused(runner, tmp_path, peft_folder, kind
     result = invoke(runner, "import-peft", folder, "--model", "tiny-llama", "--out", tmp_path / "out")
     refused(result, 1, "adapter", "no adapter_config.json")
     assert not (tmp_path / "out").exists()
+
+
+# --- writing: a write replaces its file by renaming over it; over a device (as root:
+# `-o /dev/null`) or a FIFO that would put a plain file in its place -------------------------
+
+@pytest.mark.parametrize("args", [("compile", "s.adapt", "--model", "tiny-llama", "-o", "out"),
+                                  ("lock", "s.adapt", "--model", "tiny-llama", "--lockfile", "out")],
+                         ids=["compile-o", "lock-lockfile"])
+def test_an_output_that_is_a_fifo_is_refused_and_kept(runner, tmp_path, monkeypatch, args):
+    import stat
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.adapt").write_text(SMALL_SPEC)
+    os.mkfifo(tmp_path / "out")
+    result = invoke(runner, *args)
+    refused(result, 2, "out")
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "out").st_mode)  # still the FIFO, not replaced
+
+
+def test_a_bundle_save_over_a_fifo_is_refused_and_kept(tmp_path):
+    import stat
+
+    import adaptlang
+    from adaptlang.errors import BundleError
+    from adaptlang.plan.models import load_model
+
+    model = load_model("tiny-llama", device="cpu")[0]
+    adapted = adaptlang.apply(model, SMALL_SPEC)
+    for task in adapted.plan.tasks:
+        os.mkfifo(tmp_path / f"{task}.safetensors")
+    with pytest.raises(BundleError, match="not a regular file"):
+        adapted.save(tmp_path)
+    assert all(stat.S_ISFIFO(p.lstat().st_mode) for p in tmp_path.iterdir())
