@@ -255,8 +255,8 @@ def read_header(path: Path | str) -> SafetensorsHeader:
             the end of the file), naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise _error(path, "no such file" if not path.exists() else "not a regular file")
+    if not os.path.isfile(path):  # os.path's: False (not OSError) for a name too long
+        raise _error(path, "no such file" if not os.path.lexists(path) else "not a regular file")
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:

@@ -18,6 +18,7 @@ same on every run.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,6 @@ def write_fresh_bundles(spec_path: Path, model_ref: str, out_dir: Path, override
         return None, [], why
     spec = load_spec_for_compile(spec_path, overrides or None)
     # Named as the plan printed for the same --model, not by the loaded class.
-    plan = compile_plan(spec, model, name=Path(model_ref).name if Path(model_ref).is_dir() else model_ref)
+    plan = compile_plan(spec, model, name=Path(model_ref).name if os.path.isdir(model_ref) else model_ref)
     adapted = apply_spec_or_plan(model, plan, spec, overrides, tokenizer=tokenizer, seed=seed)
     return adapted.plan, adapted.save(out_dir), ""

@@ -128,7 +128,7 @@ def local_model_dir(ref: str, *, weights: bool = False) -> Path | None:
     """
     ref = str(ref).strip()
     parsed = parse_hub_ref(ref)
-    if parsed is None or Path(ref).expanduser().exists():
+    if parsed is None or os.path.exists(os.path.expanduser(ref)):
         return None
     repo_id, revision = parsed
     if revision is not None and not _valid_revision(revision):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -141,7 +142,7 @@ def load_model(ref: str, device: str = "meta", dtype: Any = None, *, head: str |
     if ref in PRESETS:
         return _build_preset(PRESETS[ref], device, wanted, head, num_labels), ref
     path = Path(ref).expanduser()
-    if path.exists():
+    if os.path.exists(path):  # not Path.exists: it raises on a name too long (a 5,000-character model)
         return _load_directory(path, device, wanted, head, num_labels), ref
     if _FACTORY_REF.match(ref):
         if not allow_factory:

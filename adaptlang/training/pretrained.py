@@ -89,7 +89,7 @@ def load_pretrained(ref: str, head: str, *, labels: Labels | None = None, tokeni
     with quiet():
         if ref in PRESETS:
             loaded = _preset(ref, head, labels)
-        elif Path(ref).expanduser().exists():
+        elif os.path.exists(os.path.expanduser(ref)):
             # The folder's own name as given (a symlink's, not its target's), without the machine's path.
             name = os.path.basename(os.path.abspath(os.path.expanduser(ref)))
             loaded = _directory(Path(ref).expanduser(), head, labels, name, "directory")
@@ -123,7 +123,7 @@ def _preset(ref: str, head: str, labels: Labels | None) -> dict[str, Any]:
     if not ref.startswith("tiny-"):
         hint = ("give a local Hugging Face model folder or a hub id; only the tiny-* presets train "
                 "from random weights (for tests)")
-        if Path(ref).exists():
+        if os.path.exists(ref):
             hint = f"presets come first: write ./{ref} for the folder '{ref}'"
         raise UsageError(Diagnostic(
             f"preset '{ref}' has no weights: training it would start from random values", obj=ref, hint=hint))

@@ -219,3 +219,25 @@ def test_import_peft_of_a_non_utf8_folder(runner, work, peft_folder, raw):
     written = invoke(runner, "import-peft", folder, "--model", "tiny-llama", "--out", out_name)
     assert written.exit_code == 0, written.output
     assert Path(out_name).is_dir()
+
+
+# --- names too long for the file system (ENAMETOOLONG): Path.exists() raised OSError, exit 3 -----
+
+LONG = "x" * 5000
+
+
+@pytest.mark.parametrize("args", [("compile", "long.adapt"), ("compile", "s.adapt", "--model", LONG),
+                                  ("check", "s.adapt", "--model", LONG)],
+                         ids=["spec-model-statement", "compile-model-flag", "check-model-flag"])
+def test_a_model_name_too_long_for_a_path_is_an_unknown_model(runner, work, args):
+    (work / "long.adapt").write_text(SMALL_SPEC.replace("model llama\n", f'model "{LONG}"\n', 1))
+    usage(invoke(runner, *args), "unknown model")
+
+
+def test_a_bundle_path_too_long_is_a_bundle_error():
+    import adaptlang
+    from adaptlang.errors import BundleError
+    from adaptlang.plan.models import load_model
+
+    with pytest.raises(BundleError, match="no such file"):
+        adaptlang.load(load_model("tiny-llama", device="cpu")[0], LONG + ".safetensors")
