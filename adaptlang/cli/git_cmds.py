@@ -113,6 +113,44 @@ def _inside(rel: str, operand: str, scratch: Path, use: Any = None, text: str = 
                         ).with_source(text))
 
 
+def _check_blob(rev: str, rel: str, operand: str, use: Any = None, text: str = "") -> None:
+    """Refuses ``REV:rel`` unless it is a file (a blob) within the spec file limit, before reading it.
+
+    ``git show`` of a committed 1 GB blob would hold it all in memory and write
+    it to the temporary folder; a folder (a tree) named by ``use`` would clash
+    with a file inside it named by another ``use``. The object is asked for on
+    standard input, so no part of it is read as an option.
+
+    Raises:
+        SpecError: A committed ``use`` of a folder or of a file past the limit (its span).
+        UsageError: A ``REV:path`` operand that is.
+    """
+    from adaptlang.errors import SpecError
+    from adaptlang.limits import MAX_SPEC_FILE_BYTES
+
+    try:
+        done = subprocess.run(["git", "cat-file", "--batch-check=%(objecttype) %(objectsize)"],
+                              input=f"{rev}:{rel}\n", capture_output=True, text=True, check=False,
+                              encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UsageError(Diagnostic(f"cannot run git: {exc}", obj=operand)) from None
+    kind, _, size = done.stdout.strip().partition(" ")
+    if done.returncode != 0 or kind == "" or size == "missing" or kind.endswith("missing"):
+        return  # git show says why, in its words
+    problem = None
+    if kind != "blob":
+        problem = f"'{rel}' is a {'folder' if kind == 'tree' else kind} at {rev}, not a file"
+    elif size.isdigit() and int(size) > MAX_SPEC_FILE_BYTES:
+        problem = (f"'{rel}' at {rev} has {int(size):,} bytes, past the limit of {MAX_SPEC_FILE_BYTES:,} "
+                   "bytes for a spec file (MAX_SPEC_FILE_BYTES)")
+    if problem is None:
+        return
+    if use is None:
+        raise UsageError(Diagnostic(problem, obj=operand, hint="REV:path names a spec file"))
+    raise SpecError(Diagnostic(f'use "{use.path}": {problem}', span=use.span,
+                               hint="use names a .adapt file").with_source(text))
+
+
 def read_operand(operand: str, scratch: Path) -> Any:
     """Loads a diff operand: a spec file, or ``REV:path`` from git (with the files it uses).
 
@@ -150,10 +188,15 @@ def read_operand(operand: str, scratch: Path) -> Any:
         if rel in seen:
             continue
         seen.add(rel)
+        _check_blob(rev, rel, operand, use, user_text)
         text = _git(["show", "--end-of-options", f"{rev}:{rel}"], f"{rev}:{rel}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _inside(rel, operand, scratch, use, user_text)  # the folders just made hold no link out
-        target.write_text(text, encoding="utf-8")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _inside(rel, operand, scratch, use, user_text)  # the folders just made hold no link out
+            target.write_text(text, encoding="utf-8")
+        except OSError as exc:  # a name clash between the files read (a file where a folder goes)
+            raise UsageError(Diagnostic(f"cannot place {rev}:{rel} in the temporary folder: "
+                                        f"{exc.strerror or type(exc).__name__}", obj=operand)) from None
         root_text = text if rel == path else root_text
         for found in _uses(text, f"{rev}:{rel}"):
             joined = os.path.join(os.path.dirname(rel), found.path)

@@ -151,3 +151,24 @@ def test_end_of_options_is_what_git_receives(runner, deep, monkeypatch):
     shows = [c for c in seen if "show" in c]
     assert shows and all(c[c.index("show") + 1] == "--end-of-options" for c in shows)
     assert subprocess.run(["git", "--version"], capture_output=True, text=True).stdout >= "git version 2.24"
+
+
+# --- found in review: a folder named by `use`, and blobs past the spec file limit ----------------
+
+@pytest.mark.parametrize("uses", [('"sub"', '"sub/x.adapt"'), ('"sub/x.adapt"', '"sub"')], ids=["dir-first", "file-first"])
+def test_a_use_naming_a_folder_at_the_revision_is_a_located_error(runner, deep, uses):
+    commit(deep, {"s.adapt": SPEC + "".join(f"use {u}\n" for u in uses), "sub/x.adapt": SPEC.replace("lora", "ia3", 1)})
+    result = invoke(runner, "diff", "HEAD:s.adapt", "s.adapt")
+    assert result.exit_code == 1, result.output
+    assert "is a folder at HEAD, not a file" in result.output and TRACEBACK not in result.output
+
+
+def test_a_blob_past_the_spec_file_limit_is_refused_before_it_is_read(runner, deep, monkeypatch):
+    import adaptlang.limits as limits
+
+    monkeypatch.setattr(limits, "MAX_SPEC_FILE_BYTES", 1000)
+    commit(deep, {"s.adapt": SPEC + 'use "big.adapt"\n', "big.adapt": SPEC + "# " + "x" * 2000 + "\n"})
+    result = invoke(runner, "diff", "HEAD:s.adapt", "s.adapt")
+    assert result.exit_code == 1 and "past the limit of 1,000 bytes" in result.output, result.output
+    result = invoke(runner, "diff", "HEAD:big.adapt", "s.adapt")
+    assert result.exit_code == 2 and "(MAX_SPEC_FILE_BYTES)" in result.output, result.output
