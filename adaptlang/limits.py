@@ -71,6 +71,10 @@ MAX_CONFIG_LAYERS = 10_000
 #: ``max_position_embeddings``, ...): real ones are under 300,000, contexts
 #: under 11 million.
 MAX_CONFIG_WIDTH = 1 << 28
+#: Most labels of a classification head (``num_labels`` in a ``config.json``, an
+#: ``adapt.lock`` entry, ``--num-labels``): transformers builds an ``id2label`` entry
+#: per label, so 10**12 took all memory. Real heads have under 22,000 (ImageNet-21k).
+MAX_NUM_LABELS = 1_000_000
 
 
 # --- bundles: manifests, headers, PEFT folders -----------------------------------

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptlang.errors import AdaptError, Diagnostic, UsageError
+from adaptlang.limits import MAX_NUM_LABELS
 
 __all__ = ["LOCK_FORMAT", "build_lock", "check_lock", "lock_entry", "lock_json", "parse_lock", "read_lock"]
 
@@ -206,8 +207,10 @@ def _lock_problem(lock: dict[str, Any]) -> str | None:
             head, labels = fields.get("head"), fields.get("num_labels")
             if head is not None and not isinstance(head, str):
                 return f"spec '{spec}', model '{model}': 'head' is not a string"
-            if labels is not None and (not isinstance(labels, int) or isinstance(labels, bool) or labels < 1):
-                return f"spec '{spec}', model '{model}': 'num_labels' is not a positive integer"
+            if labels is not None and (not isinstance(labels, int) or isinstance(labels, bool)
+                                       or not 1 <= labels <= MAX_NUM_LABELS):
+                return (f"spec '{spec}', model '{model}': 'num_labels' is not a whole number from 1 to "
+                        f"{MAX_NUM_LABELS:,} (MAX_NUM_LABELS)")
     return None
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from adaptlang.errors import Diagnostic, UsageError
-from adaptlang.limits import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_CONFIG_LAYERS, MAX_CONFIG_WIDTH
+from adaptlang.limits import (MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_CONFIG_LAYERS, MAX_CONFIG_WIDTH,
+                              MAX_NUM_LABELS)
 from adaptlang.textfile import FileProblem, read_text_file
 
 __all__ = ["read_config"]
@@ -34,7 +35,7 @@ _WIDTH_FIELDS = frozenset({
     "head_dim", "moe_intermediate_size", "shared_expert_intermediate_size", "embedding_size",
     "max_position_embeddings", "n_positions", "n_ctx", "type_vocab_size", "encoder_ffn_dim", "decoder_ffn_dim",
     "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim",
-    "relative_attention_num_buckets", "relative_attention_max_distance", "sliding_window", "num_labels",
+    "relative_attention_num_buckets", "relative_attention_max_distance", "sliding_window",
 })
 
 
@@ -98,7 +99,8 @@ def _check_config_sizes(raw: dict[str, Any], shown: str) -> None:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             limit = (MAX_CONFIG_LAYERS, "MAX_CONFIG_LAYERS") if key in _COUNT_FIELDS else \
-                (MAX_CONFIG_WIDTH, "MAX_CONFIG_WIDTH") if key in _WIDTH_FIELDS else None
+                (MAX_CONFIG_WIDTH, "MAX_CONFIG_WIDTH") if key in _WIDTH_FIELDS else \
+                (MAX_NUM_LABELS, "MAX_NUM_LABELS") if key == "num_labels" else None
             if limit is not None and not value <= limit[0]:  # `not <=`: NaN is past too
                 raise UsageError(Diagnostic(
                     f"{shown}: '{field}' is {_shown_number(value)}, past the limit of {limit[0]:,} ({limit[1]})",

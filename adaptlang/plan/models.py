@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from adaptlang.errors import Diagnostic, UsageError, did_you_mean
+from adaptlang.limits import MAX_NUM_LABELS
 from adaptlang.plan.model_config import read_config
 from adaptlang.plan.factories import (ALLOW_FACTORY_FLAG, FACTORY_REF, FactoryRefusedError, is_factory_ref,
                                       refuse_factory)
@@ -88,8 +89,11 @@ def _head_config(config: Any, head: str | None, num_labels: int | None, obj: str
     if head != "sequence-classification":
         raise UsageError(Diagnostic("num_labels needs the sequence-classification head", obj=obj,
                                     hint="pass --head sequence-classification with --num-labels"))
-    if int(num_labels) < 1:
-        raise UsageError(Diagnostic(f"num_labels must be at least 1, not {num_labels}", obj=obj))
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int):
+        raise UsageError(Diagnostic(f"num_labels must be a whole number, not {num_labels!r}", obj=obj))
+    if not 1 <= num_labels <= MAX_NUM_LABELS:
+        raise UsageError(Diagnostic(f"num_labels must be from 1 to {MAX_NUM_LABELS:,} (MAX_NUM_LABELS), "
+                                    f"not {num_labels}", obj=obj))
     config.num_labels = int(num_labels)
     return config
 

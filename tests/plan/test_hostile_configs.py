@@ -99,3 +99,28 @@ def test_sizes_at_real_scale_still_build(tmp_path):
     _json(tmp_path, vocab_size=262_144, max_position_embeddings=10_485_760, num_labels=21_843)
     model, _ = load_model(str(tmp_path))
     assert model.config.vocab_size == 262_144
+
+
+# --- found in review: label counts (transformers builds an id2label entry per label) ------------
+
+def test_num_labels_past_the_limit_is_refused_from_every_source(tmp_path):
+    import json
+
+    from adaptlang.bundles.lockfile import parse_lock
+    from adaptlang.limits import MAX_NUM_LABELS
+
+    for bad in (MAX_NUM_LABELS + 1, 10 ** 12, 0, "2", True):
+        with pytest.raises(UsageError, match="num_labels"):
+            load_model("tiny-llama", num_labels=bad)
+    _json(tmp_path, num_labels=10_000_000)
+    with pytest.raises(UsageError, match=r"'num_labels' is 10000000, past the limit of 1,000,000 \(MAX_NUM_LABELS\)"):
+        load_model(str(tmp_path))
+    from adaptlang.bundles.lockfile import build_lock
+
+    spec = tmp_path / "s.adapt"
+    spec.write_text("adaptlang 1\nlora a {\n    on q_proj\n    rank 2\n}\n", encoding="utf-8")
+    lock = build_lock([spec], ["tiny-llama"], tmp_path, "sequence-classification", 2)
+    parse_lock(json.dumps(lock), "adapt.lock")  # as written: fine
+    lock["specs"]["s.adapt"]["models"]["tiny-llama"]["num_labels"] = 10 ** 12
+    with pytest.raises(UsageError, match=r"MAX_NUM_LABELS"):
+        parse_lock(json.dumps(lock), "adapt.lock")
