@@ -93,6 +93,10 @@ BUNDLE_MAX_PROPERTY_MAGNITUDE = 1e9
 #: Characters of one ``rank_pattern``/``alpha_pattern`` key or ``feedforward_modules`` regex in an
 #: ``adapter_config.json``. PEFT writes module paths (under 200 characters).
 BUNDLE_MAX_PATTERN_CHARS = 1_000
+#: Repetition operators (``*``, ``+``, ``?``, ``{m,n}``) in one such pattern. Matching
+#: backtracks as the path length to this power; real keys are module paths (none) or use
+#: one (``layers\.\d+\.q_proj``).
+BUNDLE_MAX_PATTERN_QUANTIFIERS = 2
 #: Characters of a PEFT ``prompt_tuning_init_text``: it becomes a string literal in the imported
 #: spec. Real ones are a sentence or a paragraph.
 BUNDLE_MAX_PEFT_TEXT_CHARS = 100_000

@@ -58,6 +58,10 @@ def peft_task_type(model_cls: str) -> str | None:
     return None
 
 
+#: A module path as torch names them: dotted identifiers and list indices, nothing a regex repeats.
+MODULE_PATH = re.compile(r"[\w.-]*\Z")
+
+
 def match_pattern_key(patterns: Iterable[str], module: str) -> str | None:
     """Returns the first ``rank_pattern``/``alpha_pattern`` key that matches a module path, as PEFT does.
 
@@ -93,6 +97,8 @@ def target_modules(paths: list[str], structure: dict[str, str] | None) -> list[s
 def pattern_key(path: str, structure: dict[str, str] | None) -> str:
     """Returns a rank/alpha pattern key that matches exactly ``path`` among the model's modules."""
     others = [p for p in (structure or {}) if p != path]
+    if not MODULE_PATH.match(path):  # a forged bundle: a path used as a pattern must not be one
+        return "^" + re.escape(path)
     if not any(re.match(rf"(.*\.)?({path})$", p) for p in others):
         return path
     return "^" + re.escape(path)

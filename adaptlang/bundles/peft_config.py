@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from adaptlang.bundles.manifest_schema import check_real, language_check
 from adaptlang.bundles.safejson import first_error, parse_json
 from adaptlang.errors import BundleError, Diagnostic
-from adaptlang.limits import BUNDLE_MAX_PATTERN_CHARS, BUNDLE_MAX_PEFT_TEXT_CHARS
+from adaptlang.limits import BUNDLE_MAX_PATTERN_CHARS, BUNDLE_MAX_PATTERN_QUANTIFIERS, BUNDLE_MAX_PEFT_TEXT_CHARS
 
 __all__ = ["PeftConfig", "read_peft_config"]
 
@@ -74,6 +74,37 @@ def _check_pattern(where: Path, field: str, pattern: str) -> None:
     if _NESTED_REPEAT.search(pattern):
         raise _refuse(where, field, f"{pattern[:80]!r} repeats a group, which can make matching "
                                     "run for hours; adaptlang refuses such patterns")
+    quantifiers = count_quantifiers(pattern)
+    if quantifiers > BUNDLE_MAX_PATTERN_QUANTIFIERS:
+        # `a*a*a*...c` backtracks through every split of a long path: time grows as the path
+        # length to the power of the quantifiers (12 took over 100 s on a 40-character path).
+        raise _refuse(where, field, f"{pattern[:80]!r} has {quantifiers} repetitions (*, +, ?, {{m,n}}), more "
+                                    f"than the limit BUNDLE_MAX_PATTERN_QUANTIFIERS = "
+                                    f"{BUNDLE_MAX_PATTERN_QUANTIFIERS}: matching it could take hours")
+
+
+def count_quantifiers(pattern: str) -> int:
+    """Counts the repetition operators of a regular expression (outside character classes, unescaped).
+
+    A lazy or possessive suffix (``*?``, ``++``) and ``(?`` group syntax are not counted again.
+    """
+    count, i, in_class = 0, 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            if pattern[i + 1:i + 2] == "]":  # `[]...]`: a leading ] is a member
+                i += 1
+        elif char in "*+?{" and not (char == "?" and i > 0 and pattern[i - 1] in "(*+?}"):
+            if not (char in "*+" and i > 0 and pattern[i - 1] in "*+?}"):
+                count += 1
+        i += 1
+    return count
 
 
 def _check_values(where: Path, config: PeftConfig) -> None:

@@ -102,6 +102,12 @@ CASES = [
     ("rank_pattern_bad_regex", cfg(put("rank_pattern", {"q_proj(": 4})), "is not a regular expression"),
     ("rank_pattern_redos", cfg(put("rank_pattern", {"(a+)+$": 4})), "repeats a group"),
     ("rank_pattern_long_key", cfg(put("rank_pattern", {"q" * 5000: 4})), "BUNDLE_MAX_PATTERN_CHARS"),
+    # found in review: backtracking without a repeated group (12 quantifiers: over 100 s on a 40-character path)
+    ("rank_pattern_redos_star_run", cfg(put("rank_pattern", {"a*" * 12 + "c": 2})), "BUNDLE_MAX_PATTERN_QUANTIFIERS"),
+    ("alpha_pattern_redos_optional_run", cfg(put("alpha_pattern", {"a?" * 30 + "a" * 30: 2})),
+     "BUNDLE_MAX_PATTERN_QUANTIFIERS"),
+    ("feedforward_redos_star_run", cfg(lambda c: c.update(peft_type="IA3", feedforward_modules="a*" * 12 + "c")),
+     "BUNDLE_MAX_PATTERN_QUANTIFIERS"),
     ("alpha_pattern_string", cfg(put("alpha_pattern", {"q_proj": "big"})), "field alpha_pattern.q_proj"),
     ("alpha_pattern_negative", cfg(put("alpha_pattern", {"q_proj": -3})),
      "alpha_pattern.q_proj: expected a number > 0"),
@@ -185,3 +191,29 @@ def test_the_unbroken_folder_imports(tmp_path):
     folder = write_folder(tmp_path / "peft", json.dumps(text), values)
     spec, bundle = import_peft(folder, "tiny-llama", tmp_path / "out", name="x")
     assert spec.is_file() and bundle.is_file()
+
+
+def test_real_pattern_keys_are_within_the_quantifier_limit():
+    """PEFT's own keys (module paths) and the usual hand-written ones pass; a run of repetitions does not."""
+    from adaptlang.bundles.peft_config import count_quantifiers
+    from adaptlang.limits import BUNDLE_MAX_PATTERN_QUANTIFIERS
+
+    real = ["q_proj", "model.layers.0.self_attn.q_proj", r"layers\.\d+\.self_attn\.q_proj", ".*q_proj",
+            "^model.layers.[0-9]+.mlp", r"[*+?]\*"]
+    assert [count_quantifiers(k) for k in real] == [0, 0, 1, 1, 1, 0]
+    assert all(count_quantifiers(k) <= BUNDLE_MAX_PATTERN_QUANTIFIERS for k in real)
+    assert count_quantifiers("a*" * 12 + "c") == 12 and count_quantifiers("x*?y+?") == 2
+
+
+def test_an_export_of_a_forged_site_path_does_not_run_it_as_a_pattern():
+    """A bundle's site path `a*a*...c` was put into a regex as is (over 100 s); now it is escaped."""
+    import time
+
+    from adaptlang.bundles.peft_common import pattern_key
+
+    path = "a*" * 12 + "c"
+    start = time.monotonic()
+    key = pattern_key(path, {path: "Linear", "a" * 36: "Linear"})
+    assert time.monotonic() - start < 5
+    assert key == "^" + __import__("re").escape(path)
+    assert pattern_key("model.layers.0.q_proj", {"model.layers.0.q_proj": "Linear"}) == "model.layers.0.q_proj"
