@@ -347,7 +347,7 @@ def test_head_errors_are_clear_usage_errors(factory_module: str) -> None:
     assert info.value.diagnostics[0].hint == "did you mean 'sequence-classification'?"
     with pytest.raises(UsageError, match="num_labels needs the sequence-classification head"):
         load_model("tiny-bert", head="causal-lm", num_labels=3)
-    with pytest.raises(UsageError, match="num_labels must be at least 1"):
+    with pytest.raises(UsageError, match=r"num_labels must be from 1 to 1,000,000 \(MAX_NUM_LABELS\), not 0"):
         load_model("tiny-bert", num_labels=0)
     with pytest.raises(UsageError) as info:
         load_model(f"{factory_module}:build", head="sequence-classification")
