@@ -62,6 +62,13 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
+def git(repo: Path, *args: str) -> str:
+    """Runs git in ``repo`` (with a throwaway identity) and returns stdout."""
+    done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                          capture_output=True, text=True, check=True)
+    return done.stdout
+
+
 def invoke(runner: CliRunner, *args: str, env: dict | None = None):
     """Runs ``adaptc ARGS`` in-process and returns the click Result."""
     return runner.invoke(app, [str(a) for a in args], env=env)

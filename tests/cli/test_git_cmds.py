@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,13 +12,7 @@ import yaml
 
 import adaptlang
 
-from .conftest import MULTITASK, REPO, TRACEBACK, invoke
-
-
-def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
-                          capture_output=True, text=True, check=True)
-    return done.stdout
+from .conftest import MULTITASK, REPO, TRACEBACK, git, invoke
 
 
 @pytest.fixture

@@ -15,16 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TRACEBACK, invoke
+from .conftest import TRACEBACK, git, invoke
 
 SPEC = "adaptlang 1\nlora a {\n    on   q_proj\n    rank 2\n}\ntask t = a\n"
 EVIL = "adaptlang 1\nlora evil {\n    on   q_proj\n    rank 3\n}\n"
-
-
-def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
-                          capture_output=True, text=True, check=True)
-    return done.stdout
 
 
 @pytest.fixture
@@ -127,10 +121,7 @@ OPERANDS = {
 def test_operands_never_reach_git_as_options(runner, deep, operand, side):
     commit(deep, {"s.adapt": SPEC})
     args = ["diff", "--", operand, "s.adapt"] if side == "old" else ["diff", "--", "s.adapt", operand]
-    try:
-        result = invoke(runner, *args)
-    except ValueError:  # the test runner itself cannot pass a NUL in argv; a real process cannot either
-        pytest.skip("argv cannot hold a NUL byte")
+    result = invoke(runner, *args)  # a NUL reaches us in-process (a real argv cannot hold one)
     assert result.exit_code == 2, result.output
     assert TRACEBACK not in result.output
     assert not (deep / "FILE").exists()
