@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -181,8 +180,11 @@ def write_atomic(path: Path, text: str) -> None:
     path = Path(path)
     if path.exists() and not path.is_file():  # never rename over a device or a FIFO
         raise OSError(errno.EINVAL, "not a regular file (a device, a FIFO, ...)", str(path))
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    from adaptlang.bundles.temps import make_temp, remove_stale_temps
+
+    # The bundles' recognisable temporaries: one a killed write left here is removed by the next.
+    remove_stale_temps(path.parent if str(path.parent) else Path("."))
+    fd, tmp_name = make_temp(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(text.encode("utf-8"))

@@ -241,3 +241,22 @@ def test_a_bundle_path_too_long_is_a_bundle_error():
 
     with pytest.raises(BundleError, match="no such file"):
         adaptlang.load(load_model("tiny-llama", device="cpu")[0], LONG + ".safetensors")
+
+
+def test_a_text_output_cleans_the_temporary_a_killed_write_left(runner, work):
+    """`-o` writes through the bundles' recognisable temporaries, so a killed compile's is removed next time."""
+    import subprocess
+    import sys
+
+    from adaptlang.bundles.temps import _host
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid now names no running process
+    stale = work / f".plan.json.adaptlang-{_host()}-{dead.pid}-abcdefgh.tmp"
+    stale.write_text("half a plan")
+    other = work / ".plan.json.someone-else.tmp"
+    other.write_text("not ours")
+    assert invoke(runner, "compile", "s.adapt", "-o", "plan.json").exit_code == 0
+    assert not stale.exists() and other.exists()
+    assert (work / "plan.json").read_text().startswith("model ")  # the plan summary, written whole
+    assert sorted(p.name for p in work.iterdir() if p.name.endswith(".tmp")) == [other.name]
