@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Callable, Mapping
 
 import torch
 
-from adaptlang.bundles.temps import make_temp, remove_stale_temps
+from adaptlang.tempfiles import make_temp, remove_stale_temps
 from adaptlang.errors import BundleError, Diagnostic
 from adaptlang.limits import BUNDLE_MAX_HEADER_BYTES, BUNDLE_MAX_JSON_DEPTH
 
@@ -159,7 +159,7 @@ def write_files(jobs: list[tuple[Path, Writer]]) -> list[Path]:
             (a full disk): no target is changed then, and no temporary is left.
 
     Stale temporaries of earlier, killed writes into the same folders are
-    removed first (:func:`~adaptlang.bundles.temps.remove_stale_temps`).
+    removed first (:func:`~adaptlang.tempfiles.remove_stale_temps`).
     """
     for target, _ in jobs:
         if target.exists() and not target.is_file():  # renaming over a device would replace it

@@ -180,7 +180,7 @@ def write_atomic(path: Path, text: str) -> None:
     path = Path(path)
     if path.exists() and not path.is_file():  # never rename over a device or a FIFO
         raise OSError(errno.EINVAL, "not a regular file (a device, a FIFO, ...)", str(path))
-    from adaptlang.bundles.temps import make_temp, remove_stale_temps
+    from adaptlang.tempfiles import make_temp, remove_stale_temps
 
     # The bundles' recognisable temporaries: one a killed write left here is removed by the next.
     remove_stale_temps(path.parent if str(path.parent) else Path("."))

@@ -226,7 +226,7 @@ def dead_pid():
 
 
 def test_a_save_removes_stale_temporaries_of_ours_only(bt, saved):
-    from adaptlang.bundles import temps
+    from adaptlang import tempfiles as temps
 
     adapted, paths = saved
     folder = paths[0].parent
@@ -257,7 +257,7 @@ def test_a_save_removes_stale_temporaries_of_ours_only(bt, saved):
 
 
 def test_temporaries_are_named_by_the_pattern_the_cleaner_matches(tmp_path):
-    from adaptlang.bundles import temps
+    from adaptlang import tempfiles as temps
 
     target = tmp_path / "task.safetensors"
     fd, name = temps.make_temp(target)

@@ -248,7 +248,7 @@ def test_a_text_output_cleans_the_temporary_a_killed_write_left(runner, work):
     import subprocess
     import sys
 
-    from adaptlang.bundles.temps import _host
+    from adaptlang.tempfiles import _host
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid now names no running process

@@ -19,6 +19,10 @@ younger than a day) is left alone, so two concurrent saves into one folder
 never delete each other's work. Only names matching :data:`TEMP_NAME`
 exactly are touched: other hidden files, and temporaries of other tools, are
 never removed.
+
+It sits at the bottom of the layers (stdlib only), beside
+:mod:`adaptlang.textfile`, so that text outputs (``adaptc fmt``, ``compile -o``)
+use it without importing torch.
 """
 
 from __future__ import annotations
